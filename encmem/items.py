@@ -1,0 +1,86 @@
+"""Validation and JSON encoding of session items, shared by the decorator and the backends.
+
+An item is a JSON object: a ``dict`` with string keys whose values are JSON values. Anything
+else is refused before a single row is written, with an error naming the item's index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import InvalidItemError
+
+Item = dict[str, Any]
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _first_bad_key(value: Any) -> str | None:
+    """Return a description of the first non-string dict key found, or None."""
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            for key, child in current.items():
+                if not isinstance(key, str):
+                    return f"a key of type {type(key).__name__}"
+                if not isinstance(child, _SCALARS):
+                    stack.append(child)
+        elif isinstance(current, (list, tuple)):
+            stack.extend(child for child in current if not isinstance(child, _SCALARS))
+    return None
+
+
+def encode_item(item: object, index: int = 0) -> str:
+    """Return the compact JSON text of one item, or raise InvalidItemError naming ``index``."""
+    if not isinstance(item, dict):
+        raise InvalidItemError(
+            f"item {index} is a {type(item).__name__}, not a JSON object (dict); "
+            "pass each history item as a dict"
+        )
+    bad_key = _first_bad_key(item)
+    if bad_key is not None:
+        raise InvalidItemError(
+            f"item {index} has {bad_key}; JSON object keys must be strings"
+        )
+    try:
+        return _encoder.encode(item)
+    except (TypeError, ValueError) as exc:
+        # The exception text names the offending type or value kind, never the content.
+        reason = str(exc).split(":")[0] if isinstance(exc, ValueError) else str(exc)
+        raise InvalidItemError(
+            f"item {index} cannot be stored as JSON ({reason}); convert it to plain JSON "
+            "values (str, int, finite float, bool, None, list, dict) first"
+        ) from None
+
+
+def encode_items(items: Sequence[object]) -> list[str]:
+    """Encode a batch, validating every item before returning any text."""
+    if isinstance(items, (str, bytes, dict)) or not isinstance(items, Sequence):
+        raise InvalidItemError(
+            f"add_items takes a list of items, not a {type(items).__name__}"
+        )
+    return [encode_item(item, index) for index, item in enumerate(items)]
+
+
+def decode_item(text: str | bytes) -> Item | None:
+    """Parse stored JSON text; None when it is not a JSON object."""
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def check_limit(limit: object) -> int | None:
+    """Validate a ``limit`` argument: None or a non-negative int."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+    if limit < 0:
+        raise ValueError(f"limit must be zero or positive, got {limit}; pass None for all items")
+    return limit

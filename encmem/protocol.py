@@ -1,0 +1,90 @@
+"""The Session protocol the decorator relies on, and the optional capabilities of backends.
+
+``EncryptedSession`` wraps anything that satisfies :class:`Session` (the Agents SDK's sessions
+and a user's own included). Our backends also implement the capability protocols below; the
+decorator uses a capability when the wrapped session has it and raises
+:class:`~encmem.errors.UnsupportedOperation` naming it when an operation needs it and it is
+missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from .errors import UnsupportedOperation
+from .items import Item
+
+
+@runtime_checkable
+class Session(Protocol):
+    """What every session offers: the Agents SDK's Session protocol."""
+
+    session_id: str
+
+    async def get_items(self, limit: int | None = None) -> list[Any]: ...
+
+    async def add_items(self, items: list[Any]) -> None: ...
+
+    async def pop_item(self) -> Any | None: ...
+
+    async def clear_session(self) -> None: ...
+
+
+class StoredItem(NamedTuple):
+    """An item as stored, with the backend's id for it (ids grow with insertion order)."""
+
+    id: int
+    item: Item
+
+
+@runtime_checkable
+class ItemAddressing(Protocol):
+    """Read items together with their storage ids, and delete or replace them by id.
+
+    What purge, rotation, migration and an exact ``pop_item`` need without disturbing order,
+    branches or structure rows. On a branching backend every call works on the current
+    branch.
+    """
+
+    async def get_stored_items(
+        self, limit: int | None = None, *, before_id: int | None = None
+    ) -> list[StoredItem]:
+        """The newest ``limit`` items (all when None) older than ``before_id``, oldest first."""
+        ...
+
+    async def delete_stored_items(self, ids: Sequence[int]) -> int:
+        """Delete the items with these ids from this session; return how many were deleted."""
+        ...
+
+    async def replace_stored_items(self, replacements: Mapping[int, Item]) -> int:
+        """Overwrite items in place, keeping id, position and structure; return the count."""
+        ...
+
+
+class TurnRow(NamedTuple):
+    """One user turn of a branch: its number, when it was stored, and its user item as stored."""
+
+    turn: int
+    timestamp: Any
+    item: Item
+
+
+@runtime_checkable
+class UserTurnSource(Protocol):
+    """Backends with turn structure hand out their user-turn items for content-aware queries."""
+
+    async def get_user_turn_items(self, branch_id: str | None = None) -> list[TurnRow]:
+        """Every user turn of ``branch_id`` (the current branch when None), in turn order."""
+        ...
+
+
+def require(session: object, capability: type, operation: str) -> Any:
+    """Return ``session`` if it offers ``capability``, else raise UnsupportedOperation."""
+    if isinstance(session, capability):
+        return session
+    raise UnsupportedOperation(
+        f"{operation} needs the {capability.__name__} capability, which "
+        f"{type(session).__name__} does not offer; use one of encmem's backends "
+        "(encmem.backends) or implement the capability's methods on your session"
+    )
