@@ -40,7 +40,8 @@ class _DaemonConnection(aiosqlite.Connection):
 
     async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``job(sqlite3_connection)`` on the connection thread as one unit."""
-        return await self._execute(lambda: job(self._conn))  # type: ignore[no-any-return]
+        result: T = await self._execute(lambda: job(self._conn))  # type: ignore[no-untyped-call]
+        return result
 
 
 def _configure(conn: sqlite3.Connection, is_file: bool) -> None:
@@ -124,12 +125,11 @@ def acquire(db_path: str | Path) -> SharedConnection:
         shared.users = 1
         return shared
     with _registry_lock:
-        shared = _registry.get(key)
-        if shared is None:
-            shared = SharedConnection(key, key, True)
-            _registry[key] = shared
-        shared.users += 1
-        return shared
+        existing = _registry.get(key)
+        if existing is None:
+            existing = _registry[key] = SharedConnection(key, key, True)
+        existing.users += 1
+        return existing
 
 
 def release(shared: SharedConnection) -> asyncio.Future[Any] | None:

@@ -58,7 +58,9 @@ class SQLiteSession:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(session_id={self.session_id!r}, db_path={str(self.db_path)!r})"
+        return (
+            f"{type(self).__name__}(session_id={self.session_id!r}, db_path={str(self.db_path)!r})"
+        )
 
     # -- connection and schema ------------------------------------------------------------
 
@@ -203,11 +205,11 @@ class SQLiteSession:
 
     # -- the Session protocol -------------------------------------------------------------
 
-    async def get_items(self, limit: int | None = None) -> list[Item]:
+    async def get_items(self, limit: int | None = None) -> list[Any]:
         """The session's items, oldest first; with ``limit``, the newest ``limit`` of them."""
         return [stored.item for stored in await self.get_stored_items(limit)]
 
-    async def add_items(self, items: list[Item]) -> None:
+    async def add_items(self, items: list[Any]) -> None:
         """Append items in one transaction; nothing is written if any item is invalid."""
         texts = encode_items(items)
         if self._closed:
@@ -216,7 +218,7 @@ class SQLiteSession:
             return
         await self._write(lambda conn: self._insert(conn, texts))
 
-    async def pop_item(self) -> Item | None:
+    async def pop_item(self) -> Any | None:
         """Remove and return the newest item; None when the session is empty."""
         m = self.messages_table
 
@@ -245,13 +247,19 @@ class SQLiteSession:
         """Delete every item and the session row; deleted content is overwritten on disk."""
 
         def clear(conn: sqlite3.Connection) -> None:
-            conn.execute(f"DELETE FROM {self.messages_table} WHERE session_id = ?", (self.session_id,))
-            conn.execute(f"DELETE FROM {self.sessions_table} WHERE session_id = ?", (self.session_id,))
+            conn.execute(
+                f"DELETE FROM {self.messages_table} WHERE session_id = ?", (self.session_id,)
+            )
+            conn.execute(
+                f"DELETE FROM {self.sessions_table} WHERE session_id = ?", (self.session_id,)
+            )
 
         shared = await self._connection()
         await self._write(clear)
         if shared.is_file:
-            await shared.run(lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            await shared.run(
+                lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            )
 
     # -- item addressing ------------------------------------------------------------------
 
@@ -294,7 +302,8 @@ class SQLiteSession:
 
         def replace(conn: sqlite3.Connection) -> int:
             cursor = conn.executemany(
-                f"UPDATE {self.messages_table} SET message_data = ? WHERE id = ? AND session_id = ?",
+                f"UPDATE {self.messages_table} SET message_data = ? "
+                "WHERE id = ? AND session_id = ?",
                 rows,
             )
             return int(cursor.rowcount)

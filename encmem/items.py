@@ -43,11 +43,16 @@ def encode_item(item: object, index: int = 0) -> str:
         )
     bad_key = _first_bad_key(item)
     if bad_key is not None:
-        raise InvalidItemError(
-            f"item {index} has {bad_key}; JSON object keys must be strings"
-        )
+        raise InvalidItemError(f"item {index} has {bad_key}; JSON object keys must be strings")
     try:
-        return _encoder.encode(item)
+        text = _encoder.encode(item)
+        text.encode("utf-8")  # lone surrogates would fail later, half-way through a write
+        return text
+    except UnicodeEncodeError:
+        raise InvalidItemError(
+            f"item {index} contains a lone surrogate character, which is not valid Unicode "
+            "text; clean the string before storing it"
+        ) from None
     except (TypeError, ValueError) as exc:
         # The exception text names the offending type or value kind, never the content.
         reason = str(exc).split(":")[0] if isinstance(exc, ValueError) else str(exc)
@@ -60,9 +65,7 @@ def encode_item(item: object, index: int = 0) -> str:
 def encode_items(items: Sequence[object]) -> list[str]:
     """Encode a batch, validating every item before returning any text."""
     if isinstance(items, (str, bytes, dict)) or not isinstance(items, Sequence):
-        raise InvalidItemError(
-            f"add_items takes a list of items, not a {type(items).__name__}"
-        )
+        raise InvalidItemError(f"add_items takes a list of items, not a {type(items).__name__}")
     return [encode_item(item, index) for index, item in enumerate(items)]
 
 

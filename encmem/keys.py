@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import InvalidKeyError
 
-KeyInput = Union[str, bytes]
+KeyInput = Union[str, bytes]  # noqa: UP007 - a runtime alias, evaluated on Python 3.10 too
 
 SDK_KID = "hkdf-v1"
 """The constant key id the Agents SDK's EncryptedSession writes; reserved for reading it."""
@@ -134,9 +134,9 @@ def check_kid(kid: object) -> str:
     """Validate a key id: 1-64 characters of letters, digits, '.', '_' and '-'."""
     if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
         raise InvalidKeyError(
-            "a key id must be 1-64 characters of letters, digits, '.', '_' or '-', "
-            f"got {kid!r}" if isinstance(kid, str) and len(kid) <= 64 else
-            "a key id must be 1-64 characters of letters, digits, '.', '_' or '-'"
+            f"a key id must be 1-64 characters of letters, digits, '.', '_' or '-', got {kid!r}"
+            if isinstance(kid, str) and len(kid) <= 64
+            else "a key id must be 1-64 characters of letters, digits, '.', '_' or '-'"
         )
     if kid == SDK_KID:
         raise InvalidKeyError(f"the key id {SDK_KID!r} is reserved for the Agents SDK's format")
@@ -161,7 +161,7 @@ class Keyring:
     accepted.
     """
 
-    __slots__ = ("_material", "_sdk", "_primary", "_cache", "_sdk_cache")
+    __slots__ = ("_cache", "_material", "_primary", "_sdk", "_sdk_cache")
 
     def __init__(
         self,
@@ -227,7 +227,9 @@ class Keyring:
         if not isinstance(salt_bytes, bytes) or len(salt_bytes) < 16:
             raise InvalidKeyError("the scrypt salt must have at least 16 bytes")
         if not (14 <= log2_n <= 22 and 1 <= r <= 32 and 1 <= p <= 16):
-            raise InvalidKeyError("scrypt parameters out of range: 14<=log2_n<=22, 1<=r<=32, 1<=p<=16")
+            raise InvalidKeyError(
+                "scrypt parameters out of range: 14<=log2_n<=22, 1<=r<=32, 1<=p<=16"
+            )
         raw = Scrypt(salt=salt_bytes, length=32, n=2**log2_n, r=r, p=p).derive(secret)
         kid = f"scrypt.n{log2_n}.r{r}.p{p}.{fingerprint(raw)}"
         keyring = cls.__new__(cls)

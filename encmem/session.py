@@ -13,13 +13,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
+from . import turns
 from .envelope import Opened, open_envelope, seal
 from .errors import DecryptionError, EncmemError, UnsupportedOperation
 from .items import Item, encode_items
 from .keys import KeyInput, Keyring, as_keyring
 from .protocol import ItemAddressing, Session, StoredItem, TurnRow, UserTurnSource, require
 from .settings import SessionSettings, resolve_limit
-from . import turns
 
 logger = logging.getLogger("encmem")
 
@@ -85,7 +85,8 @@ class EncryptedSession:
             raise TypeError("EncryptedSession needs underlying_session=<the session to wrap>")
         if encryption_key is None:
             raise TypeError(
-                "EncryptedSession needs encryption_key=<a key from encmem.generate_key() or a Keyring>"
+                "EncryptedSession needs encryption_key=<a key from encmem.generate_key() "
+                "or a Keyring>"
             )
         kind = type(underlying_session).__name__
         if kind in _SERVER_SIDE_SESSIONS:
@@ -101,7 +102,9 @@ class EncryptedSession:
         if session_id is None:
             session_id = underlying_id
         if not isinstance(session_id, str):
-            raise ValueError("session_id must be a str (or left out to use the underlying session's)")
+            raise ValueError(
+                "session_id must be a str (or left out to use the underlying session's)"
+            )
         if underlying_id is not None and underlying_id != session_id:
             raise ValueError(
                 f"session_id {session_id!r} differs from the underlying session's "
@@ -111,7 +114,9 @@ class EncryptedSession:
         if on_invalid not in ("raise", "skip"):
             raise ValueError(f"on_invalid must be 'raise' or 'skip', not {on_invalid!r}")
         if max_scan_items is not None and (
-            isinstance(max_scan_items, bool) or not isinstance(max_scan_items, int) or max_scan_items <= 0
+            isinstance(max_scan_items, bool)
+            or not isinstance(max_scan_items, int)
+            or max_scan_items <= 0
         ):
             raise ValueError("max_scan_items must be a positive int or None")
         self.session_id: str = session_id
@@ -178,18 +183,20 @@ class EncryptedSession:
 
     # -- sealing and opening ----------------------------------------------------------------
 
-    def _seal_all(self, items: list[Item]) -> list[Item]:
+    def _seal_all(self, items: list[Any]) -> list[Item]:
         texts = encode_items(items)
         kid = self.keyring.primary_kid
         fernet = self.keyring.session_fernet(kid, self.session_id)
         assert fernet is not None
         now = int(self.clock())
-        return [seal(fernet, kid, item, text, now) for item, text in zip(items, texts)]
+        return [seal(fernet, kid, item, text, now) for item, text in zip(items, texts, strict=True)]
 
     def _expired(self, opened: Opened, now: float) -> bool:
         return self.ttl is not None and opened.sealed_at + self.ttl < now
 
-    def _located(self, exc: DecryptionError, position: int | None, item_id: int | None) -> DecryptionError:
+    def _located(
+        self, exc: DecryptionError, position: int | None, item_id: int | None
+    ) -> DecryptionError:
         where = f"session {self.session_id!r}"
         if position is not None:
             where += f", item {position} from the newest"
@@ -219,28 +226,41 @@ class EncryptedSession:
 
     # -- the Session protocol ---------------------------------------------------------------
 
-    async def add_items(self, items: list[Item], *, wrapper: Any = None) -> None:
+    async def add_items(self, items: list[Any], *, wrapper: Any = None) -> None:
         """Seal and append items in one call to the wrapped session (nothing on bad input)."""
         envelopes = self._seal_all(items)
         if envelopes:
             await self.underlying_session.add_items(envelopes, **self._kwargs(wrapper))
 
-    async def get_items(self, limit: int | None = None, *, wrapper: Any = None) -> list[Item]:
-        """The readable, unexpired items, oldest first; ``limit`` counts readable items."""
+    async def get_items(
+        self, limit: int | None = None, *, wrapper: Any = None, branch_id: str | None = None
+    ) -> list[Any]:
+        """The readable, unexpired items, oldest first; ``limit`` counts readable items.
+
+        ``branch_id`` reads another branch of a branching backend (AdvancedSQLiteSession).
+        """
         effective = resolve_limit(limit, self.session_settings)
         if effective == 0:
             return []
         now = self.clock()
         addressing = self._addressing()
+        branch: dict[str, Any] = {} if branch_id is None else {"branch_id": branch_id}
+        if branch and addressing is None:
+            raise UnsupportedOperation(
+                f"branch_id needs a branching backend; {type(self.underlying_session).__name__} "
+                "has no branches"
+            )
         if effective is None:
-            return self._open_all(await self._read_all(addressing, wrapper), now)
+            return self._open_all(await self._read_all(addressing, wrapper, branch), now)
         if addressing is not None:
-            return await self._tail_by_id(addressing, effective, now)
+            return await self._tail_by_id(addressing, effective, now, branch)
         return await self._tail_by_window(effective, now, wrapper)
 
-    async def _read_all(self, addressing: ItemAddressing | None, wrapper: Any) -> list[StoredItem]:
+    async def _read_all(
+        self, addressing: ItemAddressing | None, wrapper: Any, branch: dict[str, Any]
+    ) -> list[StoredItem]:
         if addressing is not None:
-            stored = await addressing.get_stored_items(None)
+            stored = await addressing.get_stored_items(None, **branch)
         else:
             raw = await self.underlying_session.get_items(None, **self._kwargs(wrapper))
             stored = [StoredItem(-1, obj) for obj in raw]
@@ -267,14 +287,16 @@ class EncryptedSession:
                 "stored items; raise the budget or purge expired items"
             )
 
-    async def _tail_by_id(self, source: ItemAddressing, limit: int, now: float) -> list[Item]:
+    async def _tail_by_id(
+        self, source: ItemAddressing, limit: int, now: float, branch: dict[str, Any]
+    ) -> list[Item]:
         """Walk back from the newest item by storage id; each row is read once."""
         newest_first: list[Item] = []
         before: int | None = None
         window = limit
         scanned = 0
         while True:
-            batch = await source.get_stored_items(window, before_id=before)
+            batch = await source.get_stored_items(window, before_id=before, **branch)
             for index in range(len(batch) - 1, -1, -1):
                 scanned += 1
                 item_id, obj = batch[index]
@@ -306,7 +328,7 @@ class EncryptedSession:
                 return newest_first[::-1]
             window *= 2
 
-    async def pop_item(self, *, wrapper: Any = None) -> Item | None:
+    async def pop_item(self, *, wrapper: Any = None) -> Any | None:
         """Remove and return the newest readable item.
 
         Expired items met on the way are discarded. An item that fails authentication is
@@ -333,7 +355,10 @@ class EncryptedSession:
                 located = self._located(exc, position, item_id)
                 if self.on_invalid == "raise":
                     raise located from None
-                logger.warning("pop_item stepped over an unreadable item: %s", located.args[0].split(". The item")[0])
+                logger.warning(
+                    "pop_item stepped over an unreadable item: %s",
+                    located.args[0].split(". The item")[0],
+                )
                 before = item_id
                 continue
             if await source.delete_stored_items([item_id]) == 0:
@@ -357,7 +382,10 @@ class EncryptedSession:
                     kept.insert(0, obj)
                     if self.on_invalid == "raise":
                         raise located from None
-                    logger.warning("pop_item stepped over an unreadable item: %s", located.args[0].split(". The item")[0])
+                    logger.warning(
+                        "pop_item stepped over an unreadable item: %s",
+                        located.args[0].split(". The item")[0],
+                    )
                     continue
                 if not self._expired(opened, self.clock()):
                     return opened.item
@@ -400,7 +428,9 @@ class EncryptedSession:
         """Branch from the first user turn whose text contains ``search_term``."""
         found = await self.find_turns_by_content(search_term)
         if not found:
-            raise ValueError(f"no user turn contains the search term ({len(search_term)} characters)")
+            raise ValueError(
+                f"no user turn contains the search term ({len(search_term)} characters)"
+            )
         branch: str = await self.underlying_session.create_branch_from_turn(  # type: ignore[attr-defined]
             found[0]["turn"], branch_name
         )

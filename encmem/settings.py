@@ -34,6 +34,9 @@ else:
                 return dataclasses.asdict(self)
 
 
+__all__ = ["SessionSettings", "make_settings", "resolve_limit"]
+
+
 def make_settings(value: SessionSettings | dict[str, Any] | None) -> SessionSettings:
     """Coerce a constructor's ``session_settings`` argument the way the SDK does."""
     if value is None:
@@ -44,7 +47,8 @@ def make_settings(value: SessionSettings | dict[str, Any] | None) -> SessionSett
         settings = value
     else:
         raise TypeError(
-            f"session_settings must be a SessionSettings, a dict or None, not {type(value).__name__}"
+            "session_settings must be a SessionSettings, a dict or None, "
+            f"not {type(value).__name__}"
         )
     check_limit(settings.limit)
     return settings

@@ -1,0 +1,71 @@
+"""The command's front door: the demo runs offline, keygen prints only a key, exits are clean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from encmem import Keyring
+
+ROOT = Path(__file__).resolve().parents[1]
+ENCMEM = Path(sys.executable).with_name("encmem")
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ENCMEM), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_demo_runs_offline_and_shows_ciphertext_history_and_expiry(tmp_path: Path) -> None:
+    done = run("demo", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert str(tmp_path / "encmem-demo.db") in out
+    assert '"__enc__": 1' in out and '"payload": "gAAAAA' in out
+    assert "get_weather" in out and "It's sunny in Paris today" in out
+    assert "4 items dropped, 2 left" in out
+    assert (tmp_path / "encmem-demo.db").exists()
+    raw = (tmp_path / "encmem-demo.db").read_bytes()
+    assert b"Paris" not in raw
+
+
+def test_keygen_prints_one_usable_key_and_nothing_else(tmp_path: Path) -> None:
+    done = run("keygen", cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == ""
+    key = done.stdout.strip()
+    assert done.stdout == key + "\n"
+    Keyring(key)
+    labelled = run("keygen", "--kid", "2026-11", cwd=tmp_path).stdout.strip()
+    assert Keyring.parse(labelled).primary_kid == "2026-11"
+
+
+def test_an_unclosed_session_does_not_hang_interpreter_exit(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from encmem import EncryptedSession, generate_key
+        from encmem.backends import SQLiteSession
+        KEEP = []
+        async def main():
+            store = SQLiteSession("s", {str(tmp_path / "x.db")!r})
+            s = EncryptedSession(underlying_session=store, encryption_key=generate_key())
+            await s.add_items([{{"role": "user", "content": "hi"}}])
+            KEEP.append(s)
+        asyncio.run(main())
+        print("exited")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env={**os.environ},
+        check=False,
+    )
+    assert done.returncode == 0 and "exited" in done.stdout
