@@ -63,3 +63,7 @@ class SessionClosedError(EncmemError, RuntimeError):
 
 class MissingTablesError(EncmemError, RuntimeError):
     """The database lacks the tables the session needs and was told not to create them."""
+
+
+class NotASessionStoreError(EncmemError, ValueError):
+    """A path or URL does not point at a database holding session tables."""

@@ -79,6 +79,31 @@ class UserTurnSource(Protocol):
         ...
 
 
+@runtime_checkable
+class SessionStore(Protocol):
+    """A whole database of sessions, for store-wide maintenance (purge, rotate, erase)."""
+
+    async def session_ids(self) -> list[str]:
+        """Every session id that has a session row or stored items, sorted."""
+        ...
+
+    async def count_items(self) -> int:
+        """How many items the store holds across all sessions (for progress reports)."""
+        ...
+
+    def session(self, session_id: str) -> Session:
+        """A backend session on this store, offering ItemAddressing."""
+        ...
+
+    async def erase_session(self, session_id: str) -> int:
+        """Delete every row of the session from every table; return the number of rows."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and sessions opened through this store."""
+        ...
+
+
 def require(session: object, capability: type, operation: str) -> Any:
     """Return ``session`` if it offers ``capability``, else raise UnsupportedOperation."""
     if isinstance(session, capability):

@@ -435,3 +435,33 @@ class EncryptedSession:
             found[0]["turn"], branch_name
         )
         return branch
+
+    # -- key lifecycle and retention ----------------------------------------------------------
+
+    async def rotate_keys(
+        self, *, batch_size: int = 500, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
+        """Re-seal every item not under the primary key id; keeps each item's seal time.
+
+        Idempotent and resumable (each batch commits on its own). Returns counts:
+        ``examined``, ``changed`` (re-sealed), ``unchanged``, ``unreadable``.
+        """
+        from .maintenance import rotate
+
+        return (await rotate(self, batch_size=batch_size, progress=progress)).as_dict()
+
+    async def purge_expired(
+        self, *, batch_size: int = 500, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Delete expired items from storage for real; return how many were deleted."""
+        from .maintenance import purge_expired
+
+        return (await purge_expired(self, batch_size=batch_size, progress=progress)).changed
+
+    async def encrypt_existing(
+        self, *, batch_size: int = 500, progress: Callable[[int], None] | None = None
+    ) -> dict[str, int]:
+        """Seal plaintext items and upgrade the SDK's v1 envelopes in place, keeping order."""
+        from .maintenance import encrypt_existing
+
+        return (await encrypt_existing(self, batch_size=batch_size, progress=progress)).as_dict()

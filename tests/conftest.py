@@ -20,15 +20,37 @@ def keyring() -> Keyring:
     return Keyring({"test-1": TEST_KEY})
 
 
+def _store_params() -> list[tuple[str, bool]]:
+    """Every store plain and encrypted; stores of foreign classes only encrypted.
+
+    A store class sets ``encrypted_only = True`` when it wraps a session class that is not
+    ours (the Agents SDK's, a user's): only its behaviour under EncryptedSession is promised.
+    """
+    return [
+        (kind, encrypted)
+        for kind, factory in STORES.items()
+        for encrypted in (False, True)
+        if encrypted or not getattr(factory, "encrypted_only", False)
+    ]
+
+
 @pytest.fixture(
-    params=[(kind, enc) for kind in STORES for enc in (False, True)],
+    params=_store_params(),
     ids=lambda p: f"{p[0]}-{'encrypted' if p[1] else 'plain'}",
 )
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, keyring: Keyring
 ) -> AsyncIterator[Store]:
     kind, encrypted = request.param
-    inner = STORES[kind](tmp_path)
+    factory = STORES[kind]
+    limits: set[str] = getattr(factory, "known_limits", set())
+    test_name = request.node.originalname
+    if test_name in limits:
+        # An inherent limit of a wrapped foreign class, documented where the store is defined.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason=f"{kind}: known limit of the wrapped class")
+        )
+    inner = factory(tmp_path)
     result: Store = EncryptedStore(inner, keyring) if encrypted else inner
     try:
         yield result

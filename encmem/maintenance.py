@@ -1,0 +1,284 @@
+"""Key rotation, expiry purge and migration of one session's stored items.
+
+Each works in batches through the ItemAddressing capability, walking from the newest item
+back by storage id, so every batch is committed on its own: an interrupted run leaves every
+item readable and the next run carries on. Items that cannot be authenticated are never
+changed or deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .envelope import FORMAT_VERSION, is_envelope, open_envelope, seal
+from .errors import DecryptionError
+from .items import Item, encode_item
+from .keys import KeyInput, Keyring
+from .protocol import ItemAddressing, SessionStore, StoredItem, require
+
+if TYPE_CHECKING:
+    from .session import EncryptedSession
+
+Progress = Callable[[int], None]
+"""Called after each committed batch with the number of items examined so far."""
+
+DEFAULT_BATCH = 500
+
+
+@dataclass
+class MaintenanceResult:
+    """Counts of what one maintenance run did."""
+
+    examined: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    unreadable: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+async def _branches(source: Any) -> list[dict[str, Any]]:
+    """Every branch of a branching backend, or the one implicit branch of a plain one."""
+    lister = getattr(source, "list_branches", None)
+    if lister is None:
+        return [{}]
+    return [{"branch_id": branch["branch_id"]} for branch in await lister()]
+
+
+async def walk(source: ItemAddressing, batch_size: int) -> AsyncIterator[list[StoredItem]]:
+    """Every stored item of the session (each branch, each item once), newest first, in batches."""
+    seen: set[int] = set()
+    for branch in await _branches(source):
+        before: int | None = None
+        while True:
+            batch = await source.get_stored_items(batch_size, before_id=before, **branch)
+            if not batch:
+                break
+            fresh = [stored for stored in batch if stored.id not in seen]
+            seen.update(stored.id for stored in fresh)
+            if fresh:
+                yield fresh
+            if len(batch) < batch_size:
+                break
+            before = batch[0].id
+
+
+def _check_batch(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _unreadable(session: EncryptedSession, exc: DecryptionError, stored: StoredItem) -> None:
+    located = session._located(exc, None, stored.id)
+    if session.on_invalid == "raise":
+        raise located from None
+
+
+async def rotate(
+    session: EncryptedSession, *, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+) -> MaintenanceResult:
+    """Re-seal under the primary key every item sealed under another key (or the SDK's v1).
+
+    The original seal time is kept, so rotation never extends an item's life.
+    """
+    source = require(session.underlying_session, ItemAddressing, "rotate_keys()")
+    ring, kid = session.keyring, session.keyring.primary_kid
+    fernet = ring.session_fernet(kid, session.session_id)
+    assert fernet is not None
+    result = MaintenanceResult()
+    async for batch in walk(source, _check_batch(batch_size)):
+        replacements: dict[int, Item] = {}
+        for stored in batch:
+            result.examined += 1
+            obj = stored.item
+            if is_envelope(obj) and obj.get("v") == FORMAT_VERSION and obj.get("kid") == kid:
+                result.unchanged += 1
+                continue
+            try:
+                opened = open_envelope(obj, ring, session.session_id)
+            except DecryptionError as exc:
+                result.unreadable += 1
+                _unreadable(session, exc, stored)
+                continue
+            text = encode_item(opened.item)
+            replacements[stored.id] = seal(fernet, kid, opened.item, text, opened.sealed_at)
+        if replacements:
+            result.changed += await source.replace_stored_items(replacements)
+        if progress is not None:
+            progress(result.examined)
+    return result
+
+
+async def purge_expired(
+    session: EncryptedSession, *, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+) -> MaintenanceResult:
+    """Delete from storage every item whose authenticated seal time is past the TTL."""
+    source = require(session.underlying_session, ItemAddressing, "purge_expired()")
+    result = MaintenanceResult()
+    if session.ttl is None:
+        return result
+    now = session.clock()
+    async for batch in walk(source, _check_batch(batch_size)):
+        expired: list[int] = []
+        for stored in batch:
+            result.examined += 1
+            try:
+                opened = open_envelope(stored.item, session.keyring, session.session_id)
+            except DecryptionError as exc:
+                result.unreadable += 1
+                _unreadable(session, exc, stored)
+                continue
+            if session._expired(opened, now):
+                expired.append(stored.id)
+            else:
+                result.unchanged += 1
+        if expired:
+            result.changed += await source.delete_stored_items(expired)
+        if progress is not None:
+            progress(result.examined)
+    return result
+
+
+async def encrypt_existing(
+    session: EncryptedSession, *, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+) -> MaintenanceResult:
+    """Seal plaintext items in place and re-seal the SDK's v1 envelopes as v2.
+
+    Plaintext items are sealed at the current time; v1 items keep their seal time. Items
+    already in encmem's format are left alone (``rotate_keys`` moves them between keys).
+    """
+    source = require(session.underlying_session, ItemAddressing, "encrypt_existing()")
+    ring, kid = session.keyring, session.keyring.primary_kid
+    fernet = ring.session_fernet(kid, session.session_id)
+    assert fernet is not None
+    result = MaintenanceResult()
+    now = int(session.clock())
+    async for batch in walk(source, _check_batch(batch_size)):
+        replacements: dict[int, Item] = {}
+        for stored in batch:
+            result.examined += 1
+            obj = stored.item
+            if not is_envelope(obj):
+                replacements[stored.id] = seal(fernet, kid, obj, encode_item(obj), now)
+                continue
+            if obj.get("v") == FORMAT_VERSION:
+                result.unchanged += 1
+                continue
+            try:
+                opened = open_envelope(obj, ring, session.session_id)
+            except DecryptionError as exc:
+                result.unreadable += 1
+                _unreadable(session, exc, stored)
+                continue
+            text = encode_item(opened.item)
+            replacements[stored.id] = seal(fernet, kid, opened.item, text, opened.sealed_at)
+        if replacements:
+            result.changed += await source.replace_stored_items(replacements)
+        if progress is not None:
+            progress(result.examined)
+    return result
+
+
+# -- store-wide ---------------------------------------------------------------------------------
+
+StoreProgress = Callable[[int, int], None]
+"""Called after each committed batch with (items examined so far, items in the store)."""
+
+SessionJob = Callable[..., Any]
+
+
+async def _over_store(
+    store: SessionStore,
+    keyring: Keyring | KeyInput,
+    job: SessionJob,
+    *,
+    ttl: float | None = None,
+    clock: Callable[[], float] | None = None,
+    on_invalid: str = "skip",
+    batch_size: int = DEFAULT_BATCH,
+    progress: StoreProgress | None = None,
+) -> dict[str, Any]:
+    from .session import EncryptedSession
+
+    total = await store.count_items()
+    done_before = 0
+    totals = MaintenanceResult()
+    sessions = 0
+    for session_id in await store.session_ids():
+        options: dict[str, Any] = {"ttl": ttl, "on_invalid": on_invalid}
+        if clock is not None:
+            options["clock"] = clock
+        session = EncryptedSession(
+            session_id=session_id,
+            underlying_session=store.session(session_id),
+            encryption_key=keyring,
+            **options,
+        )
+        base = done_before
+
+        def report(examined: int, base: int = base) -> None:
+            if progress is not None:
+                progress(base + examined, total)
+
+        result: MaintenanceResult = await job(session, batch_size=batch_size, progress=report)
+        sessions += 1
+        done_before += result.examined
+        for name in ("examined", "changed", "unchanged", "unreadable"):
+            setattr(totals, name, getattr(totals, name) + getattr(result, name))
+    return {"sessions": sessions, **totals.as_dict()}
+
+
+async def rotate_store(
+    store: SessionStore,
+    keyring: Keyring | KeyInput,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: StoreProgress | None = None,
+) -> dict[str, Any]:
+    """Re-seal every item of every session under the keyring's primary key.
+
+    Unreadable items are counted, left as they are, and do not stop the run.
+    """
+    return await _over_store(store, keyring, rotate, batch_size=batch_size, progress=progress)
+
+
+async def purge_store(
+    store: SessionStore,
+    keyring: Keyring | KeyInput,
+    ttl: float,
+    *,
+    clock: Callable[[], float] | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: StoreProgress | None = None,
+) -> dict[str, Any]:
+    """Delete every item older than ``ttl`` seconds from every session of the store."""
+    return await _over_store(
+        store,
+        keyring,
+        purge_expired,
+        ttl=ttl,
+        clock=clock,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+async def encrypt_store(
+    store: SessionStore,
+    keyring: Keyring | KeyInput,
+    *,
+    clock: Callable[[], float] | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: StoreProgress | None = None,
+) -> dict[str, Any]:
+    """Seal every plaintext item and upgrade every SDK v1 envelope, in every session.
+
+    Plaintext items are sealed at ``clock()`` (the current time by default).
+    """
+    return await _over_store(
+        store, keyring, encrypt_existing, clock=clock, batch_size=batch_size, progress=progress
+    )
