@@ -24,6 +24,7 @@ from encmem.errors import SessionClosedError
 T = TypeVar("T")
 
 BUSY_TIMEOUT_SECONDS = 30.0
+"""How long a write waits for another process's lock before 'database is locked' is raised."""
 
 
 class _DaemonConnection(aiosqlite.Connection):
@@ -44,12 +45,12 @@ class _DaemonConnection(aiosqlite.Connection):
         return result
 
 
-def _configure(conn: sqlite3.Connection, is_file: bool) -> None:
+def _configure(conn: sqlite3.Connection, is_file: bool, busy_timeout: float) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA secure_delete=ON")
     if not is_file:
         return
-    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    deadline = time.monotonic() + busy_timeout
     while True:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -60,15 +61,17 @@ def _configure(conn: sqlite3.Connection, is_file: bool) -> None:
             time.sleep(0.01)
 
 
-def _connector(database: str, is_file: bool) -> Callable[[], sqlite3.Connection]:
+def _connector(
+    database: str, is_file: bool, busy_timeout: float
+) -> Callable[[], sqlite3.Connection]:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(
             database,
-            timeout=BUSY_TIMEOUT_SECONDS,
+            timeout=busy_timeout,
             isolation_level=None,
             check_same_thread=False,
         )
-        _configure(conn, is_file)
+        _configure(conn, is_file, busy_timeout)
         return conn
 
     return connect
@@ -77,12 +80,15 @@ def _connector(database: str, is_file: bool) -> Callable[[], sqlite3.Connection]
 class SharedConnection:
     """A started connection plus the set of schemas already created through it."""
 
-    def __init__(self, key: str, database: str, is_file: bool) -> None:
+    def __init__(
+        self, key: str, database: str, is_file: bool, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+    ) -> None:
         self.key = key
         self.is_file = is_file
         self.users = 0
         self.schemas: set[tuple[str, ...]] = set()
-        self._conn = _DaemonConnection(_connector(database, is_file))
+        self._connector = _connector(database, is_file, busy_timeout)
+        self._conn = _DaemonConnection(self._connector)
         self._started: asyncio.Future[Any] | None = None
         self._closed = False
 
@@ -92,7 +98,14 @@ class SharedConnection:
         await self._started
 
     async def _open(self) -> None:
-        await self._conn
+        try:
+            await self._conn
+        except BaseException:
+            # aiosqlite has already stopped the failed connection's thread; the next start
+            # gets a fresh one (the failure may be passing, e.g. a lock held elsewhere).
+            self._conn = _DaemonConnection(self._connector)
+            self._started = None
+            raise
 
     async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
@@ -117,8 +130,12 @@ def _key_for(db_path: str | Path) -> tuple[str, bool]:
     return os.path.realpath(os.path.expanduser(path)), True
 
 
-def acquire(db_path: str | Path) -> SharedConnection:
-    """Take a reference to the shared connection of ``db_path`` (a new one for ``:memory:``)."""
+def acquire(db_path: str | Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> SharedConnection:
+    """Take a reference to the shared connection of ``db_path`` (a new one for ``:memory:``).
+
+    ``busy_timeout`` applies when this call opens the connection; a connection already shared
+    keeps the timeout it was opened with.
+    """
     key, is_file = _key_for(db_path)
     if not is_file:
         shared = SharedConnection("", ":memory:", False)
@@ -127,7 +144,7 @@ def acquire(db_path: str | Path) -> SharedConnection:
     with _registry_lock:
         existing = _registry.get(key)
         if existing is None:
-            existing = _registry[key] = SharedConnection(key, key, True)
+            existing = _registry[key] = SharedConnection(key, key, True, busy_timeout)
         existing.users += 1
         return existing
 

@@ -40,12 +40,13 @@ class SQLiteSessionStore:
         *,
         sessions_table: str = "agent_sessions",
         messages_table: str = "agent_messages",
+        busy_timeout: float = connections.BUSY_TIMEOUT_SECONDS,
     ) -> None:
         self.path = Path(path)
         self.sessions_table = check_table_name(sessions_table, "sessions_table")
         self.messages_table = check_table_name(messages_table, "messages_table")
         self.advanced = False
-        self._shared = connections.acquire(self.path)
+        self._shared = connections.acquire(self.path, busy_timeout)
         self._sessions: list[SQLiteSession] = []
 
     async def check(self) -> SQLiteSessionStore:
@@ -54,7 +55,12 @@ class SQLiteSessionStore:
             raise NotASessionStoreError(
                 f"{str(self.path)!r} is not a file; give a SQLite database path"
             )
-        await self._shared.start()
+        try:
+            await self._shared.start()
+        except sqlite3.DatabaseError as exc:
+            raise NotASessionStoreError(
+                f"{str(self.path)!r} is not a SQLite database ({exc})"
+            ) from None
 
         def inspect(conn: sqlite3.Connection) -> set[str]:
             try:
@@ -156,6 +162,7 @@ async def open_store(
     *,
     sessions_table: str = "agent_sessions",
     messages_table: str = "agent_messages",
+    busy_timeout: float = connections.BUSY_TIMEOUT_SECONDS,
 ) -> SessionStore:
     """Open a session database by SQLite path or SQLAlchemy URL, checking it holds sessions."""
     text = str(target)
@@ -165,7 +172,12 @@ async def open_store(
         return await SQLAlchemySessionStore(
             text, sessions_table=sessions_table, messages_table=messages_table
         ).check()
-    store = SQLiteSessionStore(text, sessions_table=sessions_table, messages_table=messages_table)
+    store = SQLiteSessionStore(
+        text,
+        sessions_table=sessions_table,
+        messages_table=messages_table,
+        busy_timeout=busy_timeout,
+    )
     try:
         return await store.check()
     except BaseException:

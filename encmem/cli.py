@@ -1,43 +1,289 @@
-"""The ``encmem`` command."""
+"""The ``encmem`` command: look at, audit and maintain encrypted session stores.
+
+Exit codes: 0 success; 1 findings (verify found problems, erase not confirmed); 2 usage
+error; 3 key problem (missing, malformed or wrong key: nothing was changed); 4 store problem
+(not a session store, locked, unreachable, unknown session); 5 unexpected error (run again
+with --debug for the traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import re
+import sqlite3
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from .keys import generate_key
+from . import commands
+from .commands import CommandError
+from .errors import EncmemError, InvalidKeyError, NotASessionStoreError
+from .keys import check_kid, generate_key
+
+_EPILOG = """\
+keys: from --key-file FILE, else ENCMEM_KEYS ('kid:key,kid:key', primary first), else
+ENCMEM_KEY (one key). Keys never appear in output, logs or errors.
+
+exit codes:
+  0  success
+  1  findings: verify found problems, or erase was not confirmed
+  2  usage error
+  3  key problem: missing, malformed or wrong key (nothing was changed)
+  4  store problem: not a session store, locked, unreachable, or no such session
+  5  unexpected error (run with --debug to see the traceback)
+"""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_ttl(text: str) -> float:
+    """'30d', '12h', '90m', '45s', '2w' or plain seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; write e.g. 30d, 12h, 90m, 45s or seconds"
+        )
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="encmem",
         description="Encrypted, expiring conversation memory for AI agents.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="run the offline demo on a SQLite file")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def store_command(name: str, help_text: str, keys: bool = True) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.add_argument("db", metavar="DB", help="a SQLite file path or a SQLAlchemy URL")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.add_argument("--sessions-table", default="agent_sessions")
+        cmd.add_argument("--messages-table", default="agent_messages")
+        cmd.add_argument(
+            "--busy-timeout",
+            type=float,
+            default=5.0,
+            metavar="SECONDS",
+            help="how long to wait for a locked SQLite file (default: 5)",
+        )
+        if keys:
+            cmd.add_argument("--key-file", help="file with 'kid:key' pairs or one key")
+        return cmd
+
+    demo = sub.add_parser("demo", help="run the offline demo on a SQLite file")
     demo.add_argument("--db", default="encmem-demo.db", help="database file (default: %(default)s)")
-    keygen = commands.add_parser("keygen", help="print a new random master key")
+    keygen = sub.add_parser("keygen", help="print a new random master key (nothing else)")
     keygen.add_argument("--kid", help="print it as KID:KEY, ready for ENCMEM_KEYS")
+
+    inspect = store_command("inspect", "sessions, item counts, branches, key ids, expiry")
+    inspect.add_argument("--ttl", type=parse_ttl, help="count items older than this as expired")
+    verify = store_command("verify", "audit: exit 0 only if every item is valid under a known key")
+    verify.add_argument("--ttl", type=parse_ttl, help="also flag items older than this")
+    for name, text in (
+        ("purge", "delete items older than --ttl from storage"),
+        ("rotate", "re-seal every item under the primary key (resumable)"),
+        ("encrypt", "seal plaintext items and upgrade Agents SDK (v1) items in place"),
+    ):
+        cmd = store_command(name, text)
+        if name == "purge":
+            cmd.add_argument("--ttl", type=parse_ttl, required=True, help="e.g. 30d, 12h, 600")
+        cmd.add_argument("--dry-run", action="store_true", help="count, change nothing")
+        cmd.add_argument(
+            "--skip-unreadable",
+            action="store_true",
+            help="proceed even if some items cannot be opened (they stay as they are)",
+        )
+        cmd.add_argument("--batch-size", type=int, default=500)
+    export = store_command("export", "decrypted JSON Lines of one session (access requests)")
+    export.add_argument("--session", required=True, metavar="ID")
+    export.add_argument("--out", help="write to this file instead of stdout")
+    erase = store_command("erase", "delete every row of one session from every table", keys=False)
+    erase.add_argument("--session", required=True, metavar="ID")
+    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
 
 
+def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        return
+    if command == "inspect":
+        columns = (
+            "session_id",
+            "items",
+            "branches",
+            "plaintext",
+            "sdk_v1",
+            "expired",
+            "unreadable",
+            "oldest",
+            "newest",
+        )
+        rows = [
+            [str(row[c]) if row[c] is not None else "-" for c in columns]
+            for row in report["sessions"]
+        ]
+        for row, session in zip(rows, report["sessions"], strict=True):
+            row.append(",".join(f"{k}:{n}" for k, n in session["key_ids"].items()) or "-")
+        header = [*columns, "key_ids"]
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+            for i, h in enumerate(header)
+        ]
+        for line in [header, *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        totals = report["totals"]
+        note = "" if report["keys_given"] else " (no keys given: expired/unreadable not checked)"
+        print(f"\n{totals['sessions']} sessions, {totals['items']} items{note}")
+        return
+    if command == "verify":
+        for problem in report["problems"]:
+            branch = f" branch {problem['branch_id']}" if problem["branch_id"] else ""
+            print(
+                f"{problem['session_id']}{branch} storage id {problem['storage_id']}: "
+                f"{problem['problem']}"
+            )
+        verdict = "OK" if report["ok"] else f"FAILED: {len(report['problems'])} problems"
+        print(f"{verdict} ({report['checked']} items checked)")
+        return
+    if command in ("purge", "rotate", "encrypt"):
+        what = {"purge": "deleted", "rotate": "re-sealed", "encrypt": "sealed"}[command]
+        prefix = "would have " if report.get("dry_run") else ""
+        print(
+            f"{command}: {report['examined']} items in {report['sessions']} sessions examined, "
+            f"{prefix}{what} {report['changed']}, unchanged {report['unchanged']}, "
+            f"unreadable {report['unreadable']}"
+        )
+        return
+    if command == "erase":
+        print(f"erased session {report['session_id']!r}: {report['rows_removed']} rows removed")
+        return
+    if command == "export":
+        sys.stderr.write(f"exported {report['exported']} items of {report['session_id']!r}\n")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .backends.store import open_store
+
+    keyring = None
+    if args.command != "erase":
+        needs_keys = args.command != "inspect"
+        if needs_keys or args.key_file or _env_has_keys():
+            keyring = commands.load_keyring(args.key_file)
+    store = await open_store(
+        args.db,
+        sessions_table=args.sessions_table,
+        messages_table=args.messages_table,
+        busy_timeout=args.busy_timeout,
+    )
+    try:
+        if args.command == "inspect":
+            code, report = await commands.inspect_store(store, keyring, args.ttl)
+        elif args.command == "verify":
+            assert keyring is not None
+            code, report = await commands.verify_store(store, keyring, args.ttl)
+        elif args.command in ("purge", "rotate", "encrypt"):
+            assert keyring is not None
+            code, report = await commands.run_maintenance(
+                args.command,
+                store,
+                keyring,
+                ttl=getattr(args, "ttl", None),
+                dry_run=args.dry_run,
+                skip_unreadable=args.skip_unreadable,
+                batch_size=args.batch_size,
+            )
+        elif args.command == "export":
+            assert keyring is not None
+            if args.out:
+                with open(args.out, "w", encoding="utf-8") as out:
+                    code, report = await commands.export_session(store, keyring, args.session, out)
+            else:
+                code, report = await commands.export_session(
+                    store, keyring, args.session, sys.stdout
+                )
+        else:
+            code, report = await commands.erase(store, args.session, args.yes)
+    finally:
+        await store.aclose()
+    if args.command != "export" or args.json:
+        if args.command == "export" and args.out is None:
+            sys.stderr.write(json.dumps(report) + "\n")
+        else:
+            _print_report(args.command, report, args.json)
+    return code
+
+
+def _env_has_keys() -> bool:
+    import os
+
+    return bool(
+        os.environ.get("ENCMEM_KEYS", "").strip() or os.environ.get("ENCMEM_KEY", "").strip()
+    )
+
+
+def _locked(exc: BaseException) -> bool:
+    return "locked" in str(exc).lower() or "busy" in str(exc).lower()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
     if args.command == "keygen":
         key = generate_key()
         if args.kid:
-            from .keys import check_kid
-
-            key = f"{check_kid(args.kid)}:{key}"
+            try:
+                key = f"{check_kid(args.kid)}:{key}"
+            except InvalidKeyError as exc:
+                parser.error(str(exc))
         sys.stdout.write(key + "\n")
-        return 0
+        return commands.EXIT_OK
     if args.command == "demo":
         from .demo import main as demo_main
 
         demo_main(args.db)
-        return 0
-    return 2  # pragma: no cover - argparse rejects unknown commands
+        return commands.EXIT_OK
+    if args.debug:
+        return asyncio.run(_run(args))
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        message, code = "interrupted; every finished batch is committed, run again to go on", 130
+    except Exception as exc:  # one line a person can act on; --debug shows the traceback
+        message, code = _explain(exc)
+    sys.stderr.write(f"encmem {args.command}: {message}\n")
+    return code
+
+
+def _explain(exc: Exception) -> tuple[str, int]:
+    if isinstance(exc, CommandError):
+        return str(exc), exc.code
+    if isinstance(exc, NotASessionStoreError):
+        return str(exc), commands.EXIT_STORE
+    if isinstance(exc, InvalidKeyError):
+        return f"bad key: {exc}", commands.EXIT_KEYS
+    if isinstance(exc, EncmemError):
+        return str(exc), commands.EXIT_KEYS
+    if _locked(exc):
+        return (
+            "the database is locked by another process; try again when it is free",
+            commands.EXIT_STORE,
+        )
+    kind = type(exc).__name__
+    if isinstance(exc, (sqlite3.Error, OSError)) or kind in ("OperationalError", "InterfaceError"):
+        return f"cannot use the database ({kind})", commands.EXIT_STORE
+    return f"unexpected error ({kind}); run again with --debug", commands.EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -73,7 +74,8 @@ async def run_demo(db_path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(str(db_path) + suffix).unlink(missing_ok=True)
     clock = SimulatedClock()
-    key = generate_key()
+    # ENCMEM_KEY lets you open the demo file with the encmem command afterwards.
+    key = os.environ.get("ENCMEM_KEY") or generate_key()
     session = EncryptedSession(
         session_id="demo-conversation",
         underlying_session=SQLiteSession("demo-conversation", db_path),
@@ -82,10 +84,8 @@ async def run_demo(db_path: Path) -> None:
         clock=clock,
     )
     print(f"encmem demo — database: {db_path.resolve()}")
-    print(
-        f"a fresh key was generated for this run (key id {session.keyring.primary_kid}; "
-        "the key itself is never printed)\n"
-    )
+    origin = "taken from ENCMEM_KEY" if os.environ.get("ENCMEM_KEY") else "generated for this run"
+    print(f"key {origin} (key id {session.keyring.primary_kid}; it is never printed)\n")
 
     prompts = ["What's the weather in Paris?", "Should I bring a jacket?"]
     result = await Runner.run(agent, prompts[0], session=session)

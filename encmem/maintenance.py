@@ -79,7 +79,11 @@ def _unreadable(session: EncryptedSession, exc: DecryptionError, stored: StoredI
 
 
 async def rotate(
-    session: EncryptedSession, *, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+    session: EncryptedSession,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    dry_run: bool = False,
 ) -> MaintenanceResult:
     """Re-seal under the primary key every item sealed under another key (or the SDK's v1).
 
@@ -107,14 +111,20 @@ async def rotate(
             text = encode_item(opened.item)
             replacements[stored.id] = seal(fernet, kid, opened.item, text, opened.sealed_at)
         if replacements:
-            result.changed += await source.replace_stored_items(replacements)
+            result.changed += (
+                len(replacements) if dry_run else await source.replace_stored_items(replacements)
+            )
         if progress is not None:
             progress(result.examined)
     return result
 
 
 async def purge_expired(
-    session: EncryptedSession, *, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+    session: EncryptedSession,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    dry_run: bool = False,
 ) -> MaintenanceResult:
     """Delete from storage every item whose authenticated seal time is past the TTL."""
     source = require(session.underlying_session, ItemAddressing, "purge_expired()")
@@ -137,14 +147,18 @@ async def purge_expired(
             else:
                 result.unchanged += 1
         if expired:
-            result.changed += await source.delete_stored_items(expired)
+            result.changed += len(expired) if dry_run else await source.delete_stored_items(expired)
         if progress is not None:
             progress(result.examined)
     return result
 
 
 async def encrypt_existing(
-    session: EncryptedSession, *, batch_size: int = DEFAULT_BATCH, progress: Progress | None = None
+    session: EncryptedSession,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    dry_run: bool = False,
 ) -> MaintenanceResult:
     """Seal plaintext items in place and re-seal the SDK's v1 envelopes as v2.
 
@@ -177,7 +191,9 @@ async def encrypt_existing(
             text = encode_item(opened.item)
             replacements[stored.id] = seal(fernet, kid, opened.item, text, opened.sealed_at)
         if replacements:
-            result.changed += await source.replace_stored_items(replacements)
+            result.changed += (
+                len(replacements) if dry_run else await source.replace_stored_items(replacements)
+            )
         if progress is not None:
             progress(result.examined)
     return result
@@ -201,6 +217,7 @@ async def _over_store(
     on_invalid: str = "skip",
     batch_size: int = DEFAULT_BATCH,
     progress: StoreProgress | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     from .session import EncryptedSession
 
@@ -224,61 +241,43 @@ async def _over_store(
             if progress is not None:
                 progress(base + examined, total)
 
-        result: MaintenanceResult = await job(session, batch_size=batch_size, progress=report)
+        result: MaintenanceResult = await job(
+            session, batch_size=batch_size, progress=report, dry_run=dry_run
+        )
         sessions += 1
         done_before += result.examined
         for name in ("examined", "changed", "unchanged", "unreadable"):
             setattr(totals, name, getattr(totals, name) + getattr(result, name))
-    return {"sessions": sessions, **totals.as_dict()}
+    return {"sessions": sessions, "dry_run": dry_run, **totals.as_dict()}
 
 
 async def rotate_store(
-    store: SessionStore,
-    keyring: Keyring | KeyInput,
-    *,
-    batch_size: int = DEFAULT_BATCH,
-    progress: StoreProgress | None = None,
+    store: SessionStore, keyring: Keyring | KeyInput, **options: Any
 ) -> dict[str, Any]:
     """Re-seal every item of every session under the keyring's primary key.
 
-    Unreadable items are counted, left as they are, and do not stop the run.
+    Options: ``batch_size``, ``progress(done, total)``, ``dry_run``. Unreadable items are
+    counted, left as they are, and do not stop the run.
     """
-    return await _over_store(store, keyring, rotate, batch_size=batch_size, progress=progress)
+    return await _over_store(store, keyring, rotate, **options)
 
 
 async def purge_store(
-    store: SessionStore,
-    keyring: Keyring | KeyInput,
-    ttl: float,
-    *,
-    clock: Callable[[], float] | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    progress: StoreProgress | None = None,
+    store: SessionStore, keyring: Keyring | KeyInput, ttl: float, **options: Any
 ) -> dict[str, Any]:
-    """Delete every item older than ``ttl`` seconds from every session of the store."""
-    return await _over_store(
-        store,
-        keyring,
-        purge_expired,
-        ttl=ttl,
-        clock=clock,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    """Delete every item older than ``ttl`` seconds from every session of the store.
+
+    Options: ``clock``, ``batch_size``, ``progress(done, total)``, ``dry_run``.
+    """
+    return await _over_store(store, keyring, purge_expired, ttl=ttl, **options)
 
 
 async def encrypt_store(
-    store: SessionStore,
-    keyring: Keyring | KeyInput,
-    *,
-    clock: Callable[[], float] | None = None,
-    batch_size: int = DEFAULT_BATCH,
-    progress: StoreProgress | None = None,
+    store: SessionStore, keyring: Keyring | KeyInput, **options: Any
 ) -> dict[str, Any]:
     """Seal every plaintext item and upgrade every SDK v1 envelope, in every session.
 
-    Plaintext items are sealed at ``clock()`` (the current time by default).
+    Plaintext items are sealed at ``clock()`` (the current time by default). Options:
+    ``clock``, ``batch_size``, ``progress(done, total)``, ``dry_run``.
     """
-    return await _over_store(
-        store, keyring, encrypt_existing, clock=clock, batch_size=batch_size, progress=progress
-    )
+    return await _over_store(store, keyring, encrypt_existing, **options)

@@ -439,7 +439,11 @@ class EncryptedSession:
     # -- key lifecycle and retention ----------------------------------------------------------
 
     async def rotate_keys(
-        self, *, batch_size: int = 500, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+        dry_run: bool = False,
     ) -> dict[str, int]:
         """Re-seal every item not under the primary key id; keeps each item's seal time.
 
@@ -448,20 +452,35 @@ class EncryptedSession:
         """
         from .maintenance import rotate
 
-        return (await rotate(self, batch_size=batch_size, progress=progress)).as_dict()
+        result = await rotate(self, batch_size=batch_size, progress=progress, dry_run=dry_run)
+        return result.as_dict()
 
     async def purge_expired(
-        self, *, batch_size: int = 500, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+        dry_run: bool = False,
     ) -> int:
         """Delete expired items from storage for real; return how many were deleted."""
         from .maintenance import purge_expired
 
-        return (await purge_expired(self, batch_size=batch_size, progress=progress)).changed
+        result = await purge_expired(
+            self, batch_size=batch_size, progress=progress, dry_run=dry_run
+        )
+        return result.changed
 
     async def encrypt_existing(
-        self, *, batch_size: int = 500, progress: Callable[[int], None] | None = None
+        self,
+        *,
+        batch_size: int = 500,
+        progress: Callable[[int], None] | None = None,
+        dry_run: bool = False,
     ) -> dict[str, int]:
         """Seal plaintext items and upgrade the SDK's v1 envelopes in place, keeping order."""
         from .maintenance import encrypt_existing
 
-        return (await encrypt_existing(self, batch_size=batch_size, progress=progress)).as_dict()
+        result = await encrypt_existing(
+            self, batch_size=batch_size, progress=progress, dry_run=dry_run
+        )
+        return result.as_dict()
