@@ -1,9 +1,28 @@
 """Storage backends for encmem, installed as ``encmem.backends``.
 
 They store JSON objects and know nothing about encryption; wrap any of them in
-:class:`encmem.EncryptedSession` to seal what they store.
+:class:`encmem.EncryptedSession` to seal what they store. ``SQLAlchemySession`` needs the
+``sqlalchemy`` extra (``pip install 'encmem[sqlalchemy]'``) and is imported on first use.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from .advanced_sqlite import AdvancedSQLiteSession
 from .sqlite import SQLiteSession
 
-__all__ = ["SQLiteSession"]
+if TYPE_CHECKING:
+    from .sqlalchemy import SQLAlchemySession
+
+__all__ = ["AdvancedSQLiteSession", "SQLAlchemySession", "SQLiteSession"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SQLAlchemySession":
+        try:
+            from .sqlalchemy import SQLAlchemySession
+        except ImportError as exc:
+            raise ImportError(
+                "SQLAlchemySession needs the sqlalchemy extra: pip install 'encmem[sqlalchemy]'"
+            ) from exc
+        return SQLAlchemySession
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

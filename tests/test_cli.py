@@ -310,3 +310,55 @@ def test_rotate_100k_items_shows_progress_on_a_terminal_only(tmp_path: Path) -> 
     assert piped.returncode == 0 and "\r" not in piped.stderr + piped.stdout
     assert piped.stderr == "" and "re-sealed 0" in piped.stdout
     print("FIGURE cli-rotate: 100000 items rotated with progress on a pty; piped run silent")
+
+
+# -- the same command on PostgreSQL ------------------------------------------------------------
+
+
+def test_commands_work_on_a_postgresql_url() -> None:
+    from encmem.backends import SQLAlchemySession
+
+    from .pg import drop_tables, pg_url, run_sync, unique_tables
+
+    url = pg_url()
+    tables = unique_tables()
+    flags = [
+        "--sessions-table",
+        tables["sessions_table"],
+        "--messages-table",
+        tables["messages_table"],
+    ]
+
+    async def fill() -> None:
+        for n in range(2):
+            underlying = SQLAlchemySession.from_url(
+                f"pg-{n}", url=url, create_tables=True, **tables
+            )
+            session = EncryptedSession(
+                underlying_session=underlying, encryption_key=Keyring({"old": OLD})
+            )
+            await session.add_items([{"role": "user", "content": f"pg {n}-{i}"} for i in range(3)])
+            await underlying.close()
+
+    asyncio.run(fill())
+    try:
+        listed = json.loads(run("inspect", url, *flags, "--json").stdout)
+        assert listed["totals"]["items"] == 6 and listed["totals"]["sessions"] == 2
+        assert run("verify", url, *flags, keys=f"old:{OLD}").returncode == 0
+        rotated = run("rotate", url, *flags, "--json", keys=f"new:{NEW},old:{OLD}")
+        assert rotated.returncode == 0 and json.loads(rotated.stdout)["changed"] == 6
+        kids = run_sync(url, f"SELECT message_data FROM {tables['messages_table']}")
+        assert {json.loads(row[0])["kid"] for row in kids} == {"new"}
+        exported = run("export", url, *flags, "--session", "pg-1", keys=f"new:{NEW}")
+        assert [json.loads(line)["item"]["content"] for line in exported.stdout.splitlines()] == [
+            f"pg 1-{i}" for i in range(3)
+        ]
+        erased = run("erase", url, *flags, "--session", "pg-0", "--yes")
+        assert erased.returncode == 0 and "4 rows" in erased.stdout
+        wrong = run("purge", url, *flags, "--ttl", "1s", keys=f"other:{generate_key()}")
+        assert wrong.returncode == 3
+        assert len(run_sync(url, f"SELECT id FROM {tables['messages_table']}")) == 3
+    finally:
+        drop_tables(url, [tables["messages_table"], tables["sessions_table"]])
+    unreachable = run("inspect", "postgresql+asyncpg://nobody@/nothing?host=/nonexistent")
+    assert unreachable.returncode == 4 and len(unreachable.stderr.strip().splitlines()) == 1

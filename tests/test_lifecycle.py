@@ -322,6 +322,7 @@ async def test_store_wide_rotate_purge_and_encrypt(tmp_path: Path) -> None:
         )
         assert rotated == {
             "sessions": 6,
+            "dry_run": False,
             "examined": 37,
             "changed": 35,
             "unchanged": 2,
