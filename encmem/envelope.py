@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -26,6 +27,7 @@ FORMAT_VERSION = 2
 SDK_FORMAT_VERSION = 1
 CLEAR_FIELDS = ("role", "type", "name", "namespace", "server_label")
 _ENVELOPE_KEYS = frozenset(("__enc__", "v", "kid", "payload"))
+_CLEAR_SET = frozenset(CLEAR_FIELDS)
 
 
 class Opened(NamedTuple):
@@ -74,54 +76,111 @@ def token_timestamp(token: str) -> int:
     return int.from_bytes(head[1:9], "big")
 
 
-def _decrypt(fernet: Fernet, token: str) -> Item | None:
+def _decrypt(fernet: Fernet, token: str) -> bytes | None:
     try:
-        plaintext = fernet.decrypt(token)
+        return fernet.decrypt(token)
     except (InvalidToken, TypeError, ValueError):
         return None
-    return decode_item(plaintext)
 
 
-def open_envelope(obj: object, keyring: Keyring, session_id: str) -> Opened:
-    """Authenticate and decrypt one stored object; raise a DecryptionError subclass if it fails.
-
-    Expiry is not decided here: the caller compares ``sealed_at`` with its TTL.
-    """
-    if not is_envelope(obj):
-        raise PlaintextItemError("a plaintext item was found where an encrypted one belongs")
-    assert isinstance(obj, dict)
-    token = obj["payload"]
-    kid = obj["kid"]
-    version = obj["v"]
-    if not isinstance(token, str) or not isinstance(kid, str):
-        raise TamperedItemError("the envelope's payload or kid is not a string")
-    if version == FORMAT_VERSION:
-        fernet = keyring.session_fernet(kid, session_id)
-        if fernet is None:
-            raise UnknownKeyIdError(
-                f"the item was sealed under key id {kid!r}, which the keyring does not hold "
-                f"(it holds {list(keyring.kids)}); add that key to the Keyring to read it"
-            )
-        item = _decrypt(fernet, token)
-        if item is None:
-            raise TamperedItemError(
-                f"the token under key id {kid!r} failed authentication (wrong key for this "
-                "id, an item moved from another session, or an edited token)"
-            )
-        clear = {name: obj[name] for name in CLEAR_FIELDS if name in obj}
-        if clear != clear_fields(item):
+def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
+    """The clear fields must be exactly the item's structural fields, with nothing else."""
+    for name, value in obj.items():
+        if name in _ENVELOPE_KEYS:
+            continue
+        if name not in _CLEAR_SET:
+            raise TamperedItemError(f"the envelope has an unexpected field {name!r}")
+        if name not in item or item[name] != value:
             raise TamperedItemError("the envelope's clear fields do not match its sealed content")
-        extra = obj.keys() - _ENVELOPE_KEYS - set(CLEAR_FIELDS)
-        if extra:
-            raise TamperedItemError(f"the envelope has unexpected fields {sorted(extra)}")
-        return Opened(item, token_timestamp(token), kid, FORMAT_VERSION)
-    if version == SDK_FORMAT_VERSION and kid == SDK_KID:
-        for fernet in keyring.sdk_fernets(session_id):
-            item = _decrypt(fernet, token)
+    for name in CLEAR_FIELDS:
+        if name in item and name not in obj:
+            raise TamperedItemError("the envelope's clear fields do not match its sealed content")
+
+
+class Opener:
+    """Opens the envelopes of one session, caching per-kid keys and recent plaintexts.
+
+    The plaintext cache (``cache_size`` entries, 0 to disable) is keyed by the token: a token
+    is only ever cached after its HMAC was verified under the kid it is filed with, so a hit
+    skips the decryption but never the clear-field check. It holds decrypted JSON in process
+    memory, which is why its size is the caller's choice.
+    """
+
+    __slots__ = ("_cache", "_cache_size", "_fernets", "keyring", "session_id")
+
+    def __init__(self, keyring: Keyring, session_id: str, cache_size: int = 0) -> None:
+        self.keyring = keyring
+        self.session_id = session_id
+        self._fernets: dict[str, Fernet | None] = {}
+        self._cache: OrderedDict[str, tuple[str, bytes, int]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _fernet(self, kid: str) -> Fernet | None:
+        try:
+            return self._fernets[kid]
+        except KeyError:
+            fernet = self._fernets[kid] = self.keyring.session_fernet(kid, self.session_id)
+            return fernet
+
+    def open(self, obj: object) -> Opened:
+        """Authenticate and decrypt one stored object; raise a DecryptionError subclass if not.
+
+        Expiry is not decided here: the caller compares ``sealed_at`` with its TTL.
+        """
+        if not is_envelope(obj):
+            raise PlaintextItemError("a plaintext item was found where an encrypted one belongs")
+        assert isinstance(obj, dict)
+        token, kid, version = obj["payload"], obj["kid"], obj["v"]
+        if not isinstance(token, str) or not isinstance(kid, str):
+            raise TamperedItemError("the envelope's payload or kid is not a string")
+        if version == FORMAT_VERSION:
+            return self._open_v2(obj, token, kid)
+        if version == SDK_FORMAT_VERSION and kid == SDK_KID:
+            return self._open_sdk(token)
+        raise TamperedItemError(f"unknown envelope format v={version!r} kid={kid!r}")
+
+    def _open_v2(self, obj: dict[str, Any], token: str, kid: str) -> Opened:
+        cached = self._cache.get(token) if self._cache_size else None
+        if cached is not None and cached[0] == kid:
+            self._cache.move_to_end(token)
+            plaintext, sealed_at = cached[1], cached[2]
+        else:
+            fernet = self._fernet(kid)
+            if fernet is None:
+                raise UnknownKeyIdError(
+                    f"the item was sealed under key id {kid!r}, which the keyring does not "
+                    f"hold (it holds {list(self.keyring.kids)}); add that key to the Keyring "
+                    "to read it"
+                )
+            decrypted = _decrypt(fernet, token)
+            if decrypted is None:
+                raise TamperedItemError(
+                    f"the token under key id {kid!r} failed authentication (wrong key for this "
+                    "id, an item moved from another session, or an edited token)"
+                )
+            plaintext, sealed_at = decrypted, token_timestamp(token)
+            if self._cache_size:
+                self._cache[token] = (kid, plaintext, sealed_at)
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        item = decode_item(plaintext)
+        if item is None:
+            raise TamperedItemError("the sealed content is not a JSON object")
+        _check_clear_fields(obj, item)
+        return Opened(item, sealed_at, kid, FORMAT_VERSION)
+
+    def _open_sdk(self, token: str) -> Opened:
+        for fernet in self.keyring.sdk_fernets(self.session_id):
+            decrypted = _decrypt(fernet, token)
+            item = decode_item(decrypted) if decrypted is not None else None
             if item is not None:
-                return Opened(item, token_timestamp(token), kid, SDK_FORMAT_VERSION)
+                return Opened(item, token_timestamp(token), SDK_KID, SDK_FORMAT_VERSION)
         raise TamperedItemError(
             "an Agents SDK (v1) item failed authentication under every key of the keyring; "
             "pass the key the SDK used (Keyring(..., sdk_keys=[...]) for a non-Fernet key)"
         )
-    raise TamperedItemError(f"unknown envelope format v={version!r} kid={kid!r}")
+
+
+def open_envelope(obj: object, keyring: Keyring, session_id: str) -> Opened:
+    """Authenticate and decrypt one stored object (see :meth:`Opener.open`)."""
+    return Opener(keyring, session_id).open(obj)

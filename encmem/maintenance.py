@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .envelope import FORMAT_VERSION, is_envelope, open_envelope, seal
+from .envelope import FORMAT_VERSION, Opener, is_envelope, seal
 from .errors import DecryptionError
 from .items import Item, encode_item
 from .keys import KeyInput, Keyring
@@ -94,6 +94,7 @@ async def rotate(
     fernet = ring.session_fernet(kid, session.session_id)
     assert fernet is not None
     result = MaintenanceResult()
+    opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
     async for batch in walk(source, _check_batch(batch_size)):
         replacements: dict[int, Item] = {}
         for stored in batch:
@@ -103,7 +104,7 @@ async def rotate(
                 result.unchanged += 1
                 continue
             try:
-                opened = open_envelope(obj, ring, session.session_id)
+                opened = opener.open(obj)
             except DecryptionError as exc:
                 result.unreadable += 1
                 _unreadable(session, exc, stored)
@@ -129,6 +130,7 @@ async def purge_expired(
     """Delete from storage every item whose authenticated seal time is past the TTL."""
     source = require(session.underlying_session, ItemAddressing, "purge_expired()")
     result = MaintenanceResult()
+    opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
     if session.ttl is None:
         return result
     now = session.clock()
@@ -137,7 +139,7 @@ async def purge_expired(
         for stored in batch:
             result.examined += 1
             try:
-                opened = open_envelope(stored.item, session.keyring, session.session_id)
+                opened = opener.open(stored.item)
             except DecryptionError as exc:
                 result.unreadable += 1
                 _unreadable(session, exc, stored)
@@ -170,6 +172,7 @@ async def encrypt_existing(
     fernet = ring.session_fernet(kid, session.session_id)
     assert fernet is not None
     result = MaintenanceResult()
+    opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
     now = int(session.clock())
     async for batch in walk(source, _check_batch(batch_size)):
         replacements: dict[int, Item] = {}
@@ -183,7 +186,7 @@ async def encrypt_existing(
                 result.unchanged += 1
                 continue
             try:
-                opened = open_envelope(obj, ring, session.session_id)
+                opened = opener.open(obj)
             except DecryptionError as exc:
                 result.unreadable += 1
                 _unreadable(session, exc, stored)

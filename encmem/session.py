@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from . import turns
-from .envelope import Opened, open_envelope, seal
+from .envelope import Opened, Opener, seal
 from .errors import DecryptionError, EncmemError, UnsupportedOperation
 from .items import Item, encode_items
 from .keys import KeyInput, Keyring, as_keyring
@@ -80,6 +80,7 @@ class EncryptedSession:
         *,
         on_invalid: OnInvalid = "raise",
         clock: Callable[[], float] = time.time,
+        plaintext_cache: int = 1024,
     ) -> None:
         if underlying_session is None:
             raise TypeError("EncryptedSession needs underlying_session=<the session to wrap>")
@@ -121,6 +122,13 @@ class EncryptedSession:
             raise ValueError("max_scan_items must be a positive int or None")
         self.session_id: str = session_id
         self.underlying_session = underlying_session
+        if (
+            isinstance(plaintext_cache, bool)
+            or not isinstance(plaintext_cache, int)
+            or plaintext_cache < 0
+        ):
+            raise ValueError("plaintext_cache must be a non-negative int (0 disables it)")
+        self._plaintext_cache = plaintext_cache
         self.keyring = as_keyring(encryption_key)
         self.ttl = _ttl_seconds(ttl)
         self.max_scan_items = max_scan_items
@@ -131,6 +139,19 @@ class EncryptedSession:
         )
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keys this session seals with (primary) and opens with (all)."""
+        return self._opener.keyring
+
+    @keyring.setter
+    def keyring(self, value: Keyring) -> None:
+        # A new keyring starts a new opener: no cached key or plaintext outlives the old one.
+        self._opener = Opener(as_keyring(value), self.session_id, self._plaintext_cache)
+
+    def _forget_plaintexts(self) -> None:
+        self._opener = Opener(self._opener.keyring, self.session_id, self._plaintext_cache)
 
     def __repr__(self) -> str:
         return (
@@ -215,7 +236,7 @@ class EncryptedSession:
     ) -> Opened | None:
         """The opened item; None when it expired or (in skip mode) cannot be read."""
         try:
-            opened = open_envelope(obj, self.keyring, self.session_id)
+            opened = self._opener.open(obj)
         except DecryptionError as exc:
             located = self._located(exc, position, item_id)
             if self.on_invalid == "raise":
@@ -350,7 +371,7 @@ class EncryptedSession:
             position += 1
             now = self.clock()
             try:
-                opened = open_envelope(obj, self.keyring, self.session_id)
+                opened = self._opener.open(obj)
             except DecryptionError as exc:
                 located = self._located(exc, position, item_id)
                 if self.on_invalid == "raise":
@@ -376,7 +397,7 @@ class EncryptedSession:
                 if obj is None:
                     return None
                 try:
-                    opened = open_envelope(obj, self.keyring, self.session_id)
+                    opened = self._opener.open(obj)
                 except DecryptionError as exc:
                     located = self._located(exc, len(kept) + 1, None)
                     kept.insert(0, obj)
@@ -398,6 +419,7 @@ class EncryptedSession:
     async def clear_session(self, *, wrapper: Any = None) -> None:
         """Delete every item of the session in the wrapped store."""
         await self.underlying_session.clear_session(**self._kwargs(wrapper))
+        self._forget_plaintexts()
 
     # -- content-aware queries of branching backends -----------------------------------------
 
@@ -452,7 +474,10 @@ class EncryptedSession:
         """
         from .maintenance import rotate
 
-        result = await rotate(self, batch_size=batch_size, progress=progress, dry_run=dry_run)
+        try:
+            result = await rotate(self, batch_size=batch_size, progress=progress, dry_run=dry_run)
+        finally:
+            self._forget_plaintexts()
         return result.as_dict()
 
     async def purge_expired(
