@@ -48,13 +48,14 @@ def _ttl_seconds(ttl: int | float | timedelta | None) -> float | None:
     return seconds
 
 
-def _accepts_wrapper(method: Any) -> bool:
+def _accepts(method: Any, name: str) -> bool:
+    """Whether ``method`` takes a keyword argument called ``name``."""
     try:
         parameters = inspect.signature(method).parameters.values()
     except (TypeError, ValueError):
         return False
     return any(
-        p.name == "wrapper"
+        p.name == name
         and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         for p in parameters
     )
@@ -90,7 +91,7 @@ class EncryptedSession:
                 "or a Keyring>"
             )
         kind = type(underlying_session).__name__
-        if kind in _SERVER_SIDE_SESSIONS:
+        if any(cls.__name__ in _SERVER_SIDE_SESSIONS for cls in type(underlying_session).__mro__):
             raise UnsupportedOperation(
                 f"{kind} keeps items on the model provider's servers, where the model must read "
                 "them in the clear; it cannot be wrapped in EncryptedSession. Use a local store "
@@ -135,7 +136,7 @@ class EncryptedSession:
         self.on_invalid: OnInvalid = on_invalid
         self.clock = clock
         self._forward_wrapper = all(
-            _accepts_wrapper(getattr(underlying_session, name)) for name in _HISTORY_METHODS
+            _accepts(getattr(underlying_session, name), "wrapper") for name in _HISTORY_METHODS
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -266,16 +267,20 @@ class EncryptedSession:
         now = self.clock()
         addressing = self._addressing()
         branch: dict[str, Any] = {} if branch_id is None else {"branch_id": branch_id}
-        if branch and addressing is None:
+        if (
+            branch
+            and addressing is None
+            and not _accepts(self.underlying_session.get_items, "branch_id")
+        ):
             raise UnsupportedOperation(
-                f"branch_id needs a branching backend; {type(self.underlying_session).__name__} "
-                "has no branches"
+                f"branch_id needs a branching backend; {type(self.underlying_session).__name__}"
+                ".get_items takes no branch_id"
             )
         if effective is None:
             return self._open_all(await self._read_all(addressing, wrapper, branch), now)
         if addressing is not None:
             return await self._tail_by_id(addressing, effective, now, branch)
-        return await self._tail_by_window(effective, now, wrapper)
+        return await self._tail_by_window(effective, now, wrapper, branch)
 
     async def _read_all(
         self, addressing: ItemAddressing | None, wrapper: Any, branch: dict[str, Any]
@@ -283,7 +288,7 @@ class EncryptedSession:
         if addressing is not None:
             stored = await addressing.get_stored_items(None, **branch)
         else:
-            raw = await self.underlying_session.get_items(None, **self._kwargs(wrapper))
+            raw = await self.underlying_session.get_items(None, **self._kwargs(wrapper), **branch)
             stored = [StoredItem(-1, obj) for obj in raw]
         if self.max_scan_items is not None and len(stored) > self.max_scan_items:
             raise ScanBudgetExceeded(
@@ -332,11 +337,13 @@ class EncryptedSession:
             before = batch[0].id
             window = min(window * 2, _MAX_WINDOW)
 
-    async def _tail_by_window(self, limit: int, now: float, wrapper: Any) -> list[Item]:
+    async def _tail_by_window(
+        self, limit: int, now: float, wrapper: Any, branch: dict[str, Any]
+    ) -> list[Item]:
         """For sessions without storage ids: widen a tail window until it holds enough."""
         window = limit
         while True:
-            raw = await self.underlying_session.get_items(window, **self._kwargs(wrapper))
+            raw = await self.underlying_session.get_items(window, **self._kwargs(wrapper), **branch)
             self._charge(len(raw))
             newest_first: list[Item] = []
             for offset, obj in enumerate(reversed(raw), start=1):
@@ -389,20 +396,46 @@ class EncryptedSession:
                 return opened.item
 
     async def _pop_generic(self, wrapper: Any) -> Item | None:
-        underlying = self.underlying_session
+        """Pop from a session without storage ids: look at the newest item before taking it."""
+        if self.on_invalid == "skip":
+            return await self._pop_generic_skipping(wrapper)
+        underlying, kwargs = self.underlying_session, self._kwargs(wrapper)
+        while True:
+            newest = await underlying.get_items(1, **kwargs)
+            if not newest:
+                return None
+            try:
+                self._opener.open(newest[-1])  # an unreadable item raises here, still stored
+            except DecryptionError as exc:
+                raise self._located(exc, 1, None) from None
+            obj = await underlying.pop_item(**kwargs)
+            if obj is None:
+                return None
+            try:
+                opened = self._opener.open(obj)
+            except DecryptionError as exc:
+                # Another writer slipped an unreadable item in between: put it back.
+                await self._restore([obj], kwargs, exc)
+                raise self._located(exc, 1, None) from None
+            if not self._expired(opened, self.clock()):
+                return opened.item
+
+    async def _pop_generic_skipping(self, wrapper: Any) -> Item | None:
+        """Skip mode without storage ids: unreadable items popped on the way are put back."""
+        underlying, kwargs = self.underlying_session, self._kwargs(wrapper)
         kept: list[Any] = []
+        first_error: DecryptionError | None = None
         try:
             while True:
-                obj = await underlying.pop_item(**self._kwargs(wrapper))
+                obj = await underlying.pop_item(**kwargs)
                 if obj is None:
                     return None
                 try:
                     opened = self._opener.open(obj)
                 except DecryptionError as exc:
                     located = self._located(exc, len(kept) + 1, None)
+                    first_error = first_error or located
                     kept.insert(0, obj)
-                    if self.on_invalid == "raise":
-                        raise located from None
                     logger.warning(
                         "pop_item stepped over an unreadable item: %s",
                         located.args[0].split(". The item")[0],
@@ -412,9 +445,24 @@ class EncryptedSession:
                     return opened.item
         finally:
             if kept:
-                # The session offers no way to look before popping: put back, in their
-                # original order, the unreadable items the pop had to take off the end.
-                await underlying.add_items(kept, **self._kwargs(wrapper))
+                assert first_error is not None
+                await self._restore(kept, kwargs, first_error)
+
+    async def _restore(
+        self, kept: list[Any], kwargs: dict[str, Any], cause: DecryptionError
+    ) -> None:
+        """Put unreadable items back at the end, in order; say so loudly if that fails."""
+        try:
+            await self.underlying_session.add_items(kept, **kwargs)
+        except Exception as exc:
+            error = DecryptionError(
+                f"pop_item took {len(kept)} unreadable item(s) off session {self.session_id!r} "
+                f"and could not put them back ({type(exc).__name__}); they are held, as stored, "
+                "in this exception's 'items' attribute",
+                session_id=self.session_id,
+            )
+            error.items = kept  # type: ignore[attr-defined]
+            raise error from cause
 
     async def clear_session(self, *, wrapper: Any = None) -> None:
         """Delete every item of the session in the wrapped store."""

@@ -414,7 +414,7 @@ async def test_wrapper_is_forwarded_only_to_sessions_that_opt_in() -> None:
     assert await session.get_items(wrapper=token) == [{"role": "user", "content": "x"}]
     assert await session.pop_item(wrapper=token) == {"role": "user", "content": "x"}
     await session.clear_session(wrapper=token)
-    assert aware.wrappers == [token] * 4
+    assert aware.wrappers == [token] * 5  # add, get, pop (a look, then the pop), clear
     legacy = Legacy("l")
     plain = EncryptedSession(underlying_session=legacy, encryption_key=TEST_KEY)
     await plain.add_items([{"role": "user", "content": "y"}], wrapper=token)
@@ -466,3 +466,42 @@ async def test_turn_queries_need_a_branching_backend(db: Path) -> None:
     session = encrypted(db)
     with pytest.raises(UnsupportedOperation, match="UserTurnSource"):
         await session.get_conversation_turns()
+
+
+class BreaksOnReAdd(Legacy):
+    """A store whose add_items starts failing on demand (a dropped connection, say)."""
+
+    broken = False
+
+    async def add_items(self, items: list[Any]) -> None:  # type: ignore[override]
+        if self.broken:
+            raise ConnectionError("lost the connection")
+        self.items.extend(items)
+
+
+async def _store_with_a_foreign_item() -> BreaksOnReAdd:
+    store = BreaksOnReAdd("b")
+    await EncryptedSession(underlying_session=store, encryption_key=generate_key()).add_items(
+        [{"role": "user", "content": "theirs"}]
+    )
+    store.broken = True
+    return store
+
+
+async def test_generic_pop_never_takes_an_unreadable_item_off_the_store() -> None:
+    store = await _store_with_a_foreign_item()
+    snapshot = list(store.items)
+    mine = EncryptedSession(underlying_session=store, encryption_key=TEST_KEY)
+    with pytest.raises(UnknownKeyIdError):
+        await mine.pop_item()
+    assert store.items == snapshot  # looked at first, never popped: nothing to restore
+
+
+async def test_generic_skip_pop_says_so_when_it_cannot_restore() -> None:
+    store = await _store_with_a_foreign_item()
+    skipping = EncryptedSession(
+        underlying_session=store, encryption_key=TEST_KEY, on_invalid="skip"
+    )
+    with pytest.raises(DecryptionError, match="could not put them back") as info:
+        await skipping.pop_item()
+    assert info.value.items[0]["__enc__"] == 1  # type: ignore[attr-defined]
