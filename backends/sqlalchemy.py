@@ -55,7 +55,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.expression import BindParameter, Executable
 
 from encmem.errors import MissingTablesError, SessionClosedError
-from encmem.items import Item, decode_item, encode_item, encode_items
+from encmem.items import Item, check_session_id, decode_item, encode_item, encode_items
 from encmem.protocol import StoredItem
 from encmem.settings import SessionSettings, make_settings, resolve_limit
 
@@ -140,8 +140,7 @@ class SQLAlchemySession:
         session_settings: SessionSettings | dict[str, Any] | None = None,
         ensure_ascii: bool = False,
     ) -> None:
-        if not isinstance(session_id, str):
-            raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+        check_session_id(session_id)
         if not isinstance(engine, AsyncEngine):
             raise TypeError(
                 f"engine must be a sqlalchemy AsyncEngine (create_async_engine(...)), "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from encmem.errors import SessionClosedError
-from encmem.items import Item, decode_item, encode_item, encode_items
+from encmem.items import Item, check_session_id, decode_item, encode_item, encode_items
 from encmem.protocol import StoredItem
 from encmem.settings import SessionSettings, make_settings, resolve_limit
 
@@ -47,8 +47,7 @@ class SQLiteSession:
         messages_table: str = "agent_messages",
         session_settings: SessionSettings | dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(session_id, str):
-            raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+        check_session_id(session_id)
         self.session_id = session_id
         self.db_path = db_path
         self.sessions_table = check_table_name(sessions_table, "sessions_table")

@@ -112,7 +112,7 @@ class Opener:
         self.keyring = keyring
         self.session_id = session_id
         self._fernets: dict[str, Fernet | None] = {}
-        self._cache: OrderedDict[str, tuple[str, bytes, int]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[dict[str, Any], bytes, int]] = OrderedDict()
         self._cache_size = cache_size
 
     def _fernet(self, kid: str) -> Fernet | None:
@@ -141,32 +141,34 @@ class Opener:
 
     def _open_v2(self, obj: dict[str, Any], token: str, kid: str) -> Opened:
         cached = self._cache.get(token) if self._cache_size else None
-        if cached is not None and cached[0] == kid:
+        if cached is not None and cached[0] == obj:
+            # The very envelope that was verified before: same token, kid and clear fields.
             self._cache.move_to_end(token)
-            plaintext, sealed_at = cached[1], cached[2]
-        else:
-            fernet = self._fernet(kid)
-            if fernet is None:
-                raise UnknownKeyIdError(
-                    f"the item was sealed under key id {kid!r}, which the keyring does not "
-                    f"hold (it holds {list(self.keyring.kids)}); add that key to the Keyring "
-                    "to read it"
-                )
-            decrypted = _decrypt(fernet, token)
-            if decrypted is None:
-                raise TamperedItemError(
-                    f"the token under key id {kid!r} failed authentication (wrong key for this "
-                    "id, an item moved from another session, or an edited token)"
-                )
-            plaintext, sealed_at = decrypted, token_timestamp(token)
-            if self._cache_size:
-                self._cache[token] = (kid, plaintext, sealed_at)
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+            item = decode_item(cached[1])
+            assert item is not None
+            return Opened(item, cached[2], kid, FORMAT_VERSION)
+        fernet = self._fernet(kid)
+        if fernet is None:
+            raise UnknownKeyIdError(
+                f"the item was sealed under key id {kid!r}, which the keyring does not "
+                f"hold (it holds {list(self.keyring.kids)}); add that key to the Keyring "
+                "to read it"
+            )
+        decrypted = _decrypt(fernet, token)
+        if decrypted is None:
+            raise TamperedItemError(
+                f"the token under key id {kid!r} failed authentication (wrong key for this "
+                "id, an item moved from another session, or an edited token)"
+            )
+        plaintext, sealed_at = decrypted, token_timestamp(token)
         item = decode_item(plaintext)
         if item is None:
             raise TamperedItemError("the sealed content is not a JSON object")
         _check_clear_fields(obj, item)
+        if self._cache_size:
+            self._cache[token] = (dict(obj), plaintext, sealed_at)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return Opened(item, sealed_at, kid, FORMAT_VERSION)
 
     def _open_sdk(self, token: str) -> Opened:

@@ -48,6 +48,10 @@ def encode_item(item: object, index: int = 0) -> str:
         text = _encoder.encode(item)
         text.encode("utf-8")  # lone surrogates would fail later, half-way through a write
         return text
+    except RecursionError:
+        raise InvalidItemError(
+            f"item {index} is nested too deeply to store as JSON; flatten it"
+        ) from None
     except UnicodeEncodeError:
         raise InvalidItemError(
             f"item {index} contains a lone surrogate character, which is not valid Unicode "
@@ -73,7 +77,7 @@ def decode_item(text: str | bytes) -> Item | None:
     """Parse stored JSON text; None when it is not a JSON object."""
     try:
         value = json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -87,3 +91,32 @@ def check_limit(limit: object) -> int | None:
     if limit < 0:
         raise ValueError(f"limit must be zero or positive, got {limit}; pass None for all items")
     return limit
+
+
+MAX_SESSION_ID_BYTES = 1024
+
+
+def check_session_id(session_id: object) -> str:
+    """Validate a session id: a non-empty str of valid Unicode without NUL, at most 1 KiB.
+
+    Every backend stores and indexes it, and PostgreSQL refuses NUL and over-long index keys
+    with errors that do not say what to do; this says it up front, for every backend alike.
+    """
+    if not isinstance(session_id, str):
+        raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+    if not session_id:
+        raise ValueError("session_id is empty; give each conversation a non-empty id")
+    if "\x00" in session_id:
+        raise ValueError("session_id contains a NUL character; remove it")
+    try:
+        size = len(session_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(
+            "session_id contains a lone surrogate, which is not valid Unicode text"
+        ) from None
+    if size > MAX_SESSION_ID_BYTES:
+        raise ValueError(
+            f"session_id is {size} bytes long in UTF-8, more than {MAX_SESSION_ID_BYTES}; "
+            "use a shorter id (a hash of a long one, say)"
+        )
+    return session_id

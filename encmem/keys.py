@@ -131,15 +131,23 @@ def fingerprint(material: bytes) -> str:
 
 
 def check_kid(kid: object) -> str:
-    """Validate a key id: 1-64 characters of letters, digits, '.', '_' and '-'."""
+    """Validate a key id: 1-64 characters of letters, digits, '.', '_' and '-'.
+
+    A rejected value is never echoed: a key pasted where its id belongs must not end up in
+    an error message or a log.
+    """
     if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
         raise InvalidKeyError(
-            f"a key id must be 1-64 characters of letters, digits, '.', '_' or '-', got {kid!r}"
-            if isinstance(kid, str) and len(kid) <= 64
-            else "a key id must be 1-64 characters of letters, digits, '.', '_' or '-'"
+            "a key id must be 1-64 characters of letters, digits, '.', '_' or '-' "
+            "(the value given is not repeated here)"
         )
     if kid == SDK_KID:
         raise InvalidKeyError(f"the key id {SDK_KID!r} is reserved for the Agents SDK's format")
+    if len(kid) >= 40 and _decode_text_key(kid) is not None:
+        raise InvalidKeyError(
+            "that key id looks like a key; a key id is a short public label such as '2026-11' "
+            "(the value given is not repeated here)"
+        )
     return kid
 
 
@@ -196,7 +204,8 @@ class Keyring:
         chosen = primary if primary is not None else next(iter(material))
         if chosen not in material:
             raise InvalidKeyError(
-                f"primary key id {chosen!r} is not in the keyring (it holds {sorted(material)})"
+                f"the primary key id is not in the keyring (it holds {sorted(material)}); "
+                "name one of those"
             )
         self._material = material
         self._sdk = list(dict.fromkeys(sdk))

@@ -48,8 +48,15 @@ async def _branches(source: Any) -> list[dict[str, Any]]:
     return [{"branch_id": branch["branch_id"]} for branch in await lister()]
 
 
-async def walk(source: ItemAddressing, batch_size: int) -> AsyncIterator[list[StoredItem]]:
-    """Every stored item of the session (each branch, each item once), newest first, in batches."""
+async def walk(
+    source: ItemAddressing, batch_size: int, *, once: bool = True
+) -> AsyncIterator[tuple[dict[str, Any], list[StoredItem]]]:
+    """Every stored item of the session, branch by branch, newest first, in batches.
+
+    Yields the branch options to pass back to the backend with each batch. With ``once``,
+    an item shared by several branches is yielded only the first time (replacing it changes
+    it everywhere); without, once per branch (deleting it works branch by branch).
+    """
     seen: set[int] = set()
     for branch in await _branches(source):
         before: int | None = None
@@ -57,10 +64,11 @@ async def walk(source: ItemAddressing, batch_size: int) -> AsyncIterator[list[St
             batch = await source.get_stored_items(batch_size, before_id=before, **branch)
             if not batch:
                 break
-            fresh = [stored for stored in batch if stored.id not in seen]
-            seen.update(stored.id for stored in fresh)
+            fresh = [stored for stored in batch if stored.id not in seen] if once else batch
+            if once:
+                seen.update(stored.id for stored in fresh)
             if fresh:
-                yield fresh
+                yield branch, fresh
             if len(batch) < batch_size:
                 break
             before = batch[0].id
@@ -95,7 +103,7 @@ async def rotate(
     assert fernet is not None
     result = MaintenanceResult()
     opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
-    async for batch in walk(source, _check_batch(batch_size)):
+    async for _, batch in walk(source, _check_batch(batch_size)):
         replacements: dict[int, Item] = {}
         for stored in batch:
             result.examined += 1
@@ -134,7 +142,7 @@ async def purge_expired(
     if session.ttl is None:
         return result
     now = session.clock()
-    async for batch in walk(source, _check_batch(batch_size)):
+    async for branch, batch in walk(source, _check_batch(batch_size), once=False):
         expired: list[int] = []
         for stored in batch:
             result.examined += 1
@@ -149,7 +157,9 @@ async def purge_expired(
             else:
                 result.unchanged += 1
         if expired:
-            result.changed += len(expired) if dry_run else await source.delete_stored_items(expired)
+            result.changed += (
+                len(expired) if dry_run else await source.delete_stored_items(expired, **branch)
+            )
         if progress is not None:
             progress(result.examined)
     return result
@@ -174,7 +184,7 @@ async def encrypt_existing(
     result = MaintenanceResult()
     opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
     now = int(session.clock())
-    async for batch in walk(source, _check_batch(batch_size)):
+    async for _, batch in walk(source, _check_batch(batch_size)):
         replacements: dict[int, Item] = {}
         for stored in batch:
             result.examined += 1

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from . import turns
 from .envelope import Opened, Opener, seal
 from .errors import DecryptionError, EncmemError, UnsupportedOperation
-from .items import Item, encode_items
+from .items import Item, check_session_id, encode_items
 from .keys import KeyInput, Keyring, as_keyring
 from .protocol import ItemAddressing, Session, StoredItem, TurnRow, UserTurnSource, require
 from .settings import SessionSettings, resolve_limit
@@ -103,10 +103,9 @@ class EncryptedSession:
         underlying_id = getattr(underlying_session, "session_id", None)
         if session_id is None:
             session_id = underlying_id
-        if not isinstance(session_id, str):
-            raise ValueError(
-                "session_id must be a str (or left out to use the underlying session's)"
-            )
+        if session_id is None:
+            raise ValueError("session_id is missing: pass it, or wrap a session that has one")
+        check_session_id(session_id)
         if underlying_id is not None and underlying_id != session_id:
             raise ValueError(
                 f"session_id {session_id!r} differs from the underlying session's "
@@ -255,7 +254,7 @@ class EncryptedSession:
             await self.underlying_session.add_items(envelopes, **self._kwargs(wrapper))
 
     async def get_items(
-        self, limit: int | None = None, *, wrapper: Any = None, branch_id: str | None = None
+        self, limit: int | None = None, branch_id: str | None = None, *, wrapper: Any = None
     ) -> list[Any]:
         """The readable, unexpired items, oldest first; ``limit`` counts readable items.
 

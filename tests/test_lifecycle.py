@@ -337,3 +337,37 @@ async def test_store_wide_rotate_purge_and_encrypt(tmp_path: Path) -> None:
         await store.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM agent_messages").fetchone() == (0,)
+
+
+async def test_purge_and_rotate_reach_every_branch(tmp_path: Path) -> None:
+    from encmem.backends import AdvancedSQLiteSession
+
+    clock = Clock()
+    underlying = AdvancedSQLiteSession(
+        session_id="b", db_path=tmp_path / "adv.db", create_tables=True
+    )
+    old = EncryptedSession(
+        underlying_session=underlying,
+        encryption_key=Keyring({"old": KEYS["k1"]}),
+        ttl=100,
+        clock=clock,
+    )
+    await old.add_items([msg(0), msg(1)])
+    clock.now += 60
+    await old.add_items([msg(2), msg(3)])
+    branch = await underlying.create_branch_from_turn(2, "alt")  # copies turn 1 (msg 0, 1)
+    await old.add_items([msg(4)])
+    await underlying.switch_to_branch("main")
+    ring = Keyring({"new": KEYS["k2"], "old": KEYS["k1"]})
+    session = EncryptedSession(
+        underlying_session=underlying, encryption_key=ring, ttl=100, clock=clock
+    )
+    assert (await session.rotate_keys())["changed"] == 5
+    for name in ("main", branch):
+        envelopes = [s.item for s in await underlying.get_stored_items(None, branch_id=name)]
+        assert {env["kid"] for env in envelopes} == {"new"}
+    clock.now += 50  # msg 0 and 1 are 110 s old now: expired on both branches
+    assert await session.purge_expired() >= 2
+    assert await session.get_items() == [msg(2), msg(3)]
+    assert await session.get_items(branch_id=branch) == [msg(4)]
+    await underlying.close()

@@ -1,0 +1,353 @@
+"""AdvancedSQLiteSession: branches, turns and token usage on top of SQLiteSession.
+
+A drop-in for the Agents SDK's ``AdvancedSQLiteSession`` (same constructor, methods, return
+shapes and the seed's ``message_structure`` / ``turn_usage`` schema) that also works when
+wrapped in :class:`encmem.EncryptedSession`: items are classified by their ``role`` / ``type``
+/ tool-name fields, which envelopes carry in the clear, and the content-aware queries are the
+shared ones of :mod:`encmem.turns` over :meth:`get_user_turn_items`.
+
+Each operation is one job on the shared connection thread, one transaction for writes, so a
+message and its structure rows are written (or removed) together.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from encmem import turns
+from encmem.errors import MissingTablesError, SessionClosedError
+from encmem.items import Item, encode_item, encode_items
+from encmem.protocol import StoredItem, TurnRow
+from encmem.settings import SessionSettings, resolve_limit
+
+from . import _advanced_items as advanced_items
+from . import _advanced_queries as queries
+from . import _advanced_schema as schema
+from ._advanced_queries import MAIN, BranchError, Scope
+from .sqlite import SQLiteSession
+
+__all__ = ["AdvancedSQLiteSession", "BranchError"]
+
+_module_logger = logging.getLogger("encmem.backends.advanced_sqlite")
+
+
+def _check_branch_id(branch_id: object, parameter: str = "branch_id") -> str:
+    if not isinstance(branch_id, str):
+        raise TypeError(f"{parameter} must be a str, not {type(branch_id).__name__}")
+    if not branch_id.strip():
+        raise BranchError(f"{parameter} cannot be empty or whitespace; give the branch a name")
+    return branch_id
+
+
+class AdvancedSQLiteSession(SQLiteSession):
+    """SQLite history with conversation branches, turn structure and per-turn token usage."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        db_path: str | Path = ":memory:",
+        create_tables: bool = False,
+        logger: logging.Logger | None = None,
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+        sessions_table: str = "agent_sessions",
+        messages_table: str = "agent_messages",
+    ) -> None:
+        super().__init__(
+            session_id,
+            db_path,
+            sessions_table=sessions_table,
+            messages_table=messages_table,
+            session_settings=session_settings,
+        )
+        self._create_tables = bool(create_tables)
+        self._logger = logger if logger is not None else _module_logger
+        self._branch = MAIN
+
+    @property
+    def current_branch_id(self) -> str:
+        """The branch that reads, writes and pops use by default."""
+        return self._branch
+
+    @property
+    def _current_branch_id(self) -> str:
+        # The Agents SDK's name for it, kept for code written against the SDK.
+        return self._branch
+
+    @property
+    def _scope(self) -> Scope:
+        return Scope(self.session_id, self.sessions_table, self.messages_table)
+
+    def _target(self, branch_id: str | None) -> str:
+        return self._branch if branch_id is None else _check_branch_id(branch_id)
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _schema_statements(self) -> list[str]:
+        return [
+            *super()._schema_statements(),
+            *schema.statements(self.sessions_table, self.messages_table),
+        ]
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        if not self._create_tables:
+            missing = schema.missing_tables(conn, self.sessions_table, self.messages_table)
+            if missing:
+                raise MissingTablesError(
+                    f"the database {str(self.db_path)!r} has no {', '.join(missing)} table(s); "
+                    "open it once with AdvancedSQLiteSession(..., create_tables=True) to create "
+                    "them"
+                )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = not schema.table_exists(conn, schema.BRANCHES)
+            for statement in self._schema_statements():
+                conn.execute(statement)
+            if fresh:
+                schema.backfill_branches(conn, self.sessions_table)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- the Session protocol -------------------------------------------------------------
+
+    async def add_items(self, items: list[Item]) -> None:
+        """Append items to the current branch: messages and structure rows in one transaction."""
+        texts = encode_items(items)
+        if self._closed:
+            raise SessionClosedError(f"{type(self).__name__} {self.session_id!r} is closed")
+        if not texts:
+            return
+        stored, scope, branch = list(items), self._scope, self._branch
+
+        def add(conn: sqlite3.Connection) -> None:
+            ids = self._insert(conn, texts)
+            queries.require_writable_branch(conn, scope, branch)
+            queries.insert_structure(conn, scope, branch, ids, stored)
+
+        await self._write(add)
+
+    async def get_items(self, limit: int | None = None, branch_id: str | None = None) -> list[Item]:
+        """Items of the current branch (or ``branch_id``), oldest first; the newest ``limit``."""
+        return [s.item for s in await self.get_stored_items(limit, branch_id=branch_id)]
+
+    async def pop_item(self) -> Item | None:
+        """Remove and return the newest item of the current branch (None when it is empty)."""
+        scope, branch = self._scope, self._branch
+        item: Item | None = await self._write(lambda conn: queries.pop_newest(conn, scope, branch))
+        return item
+
+    async def clear_session(self) -> None:
+        """Delete every item, branch and usage row of the session; back on ``main``."""
+        scope = self._scope
+        shared = await self._connection()
+        await self._write(lambda conn: queries.clear(conn, scope))
+        self._branch = MAIN
+        if shared.is_file:
+            await shared.run(
+                lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            )
+
+    # -- item addressing (current branch unless told) -------------------------------------
+
+    async def get_stored_items(
+        self,
+        limit: int | None = None,
+        *,
+        before_id: int | None = None,
+        branch_id: str | None = None,
+    ) -> list[StoredItem]:
+        """The newest ``limit`` items of the branch older than ``before_id``, oldest first."""
+        effective = resolve_limit(limit, self.session_settings)
+        if effective == 0:
+            return []
+        scope, branch = self._scope, self._target(branch_id)
+        before = None if before_id is None else int(before_id)
+        found: list[StoredItem] = await self._read(
+            lambda conn: queries.select_tail(conn, scope, branch, effective, before)
+        )
+        return found
+
+    async def delete_stored_items(self, ids: Sequence[int], *, branch_id: str | None = None) -> int:
+        """Remove items from the current branch (or ``branch_id``); a message no branch uses
+        any more goes too."""
+        wanted = [int(i) for i in ids]
+        if not wanted:
+            return 0
+        scope, branch = self._scope, self._target(branch_id)
+        deleted: int = await self._write(
+            lambda conn: queries.delete_items(conn, scope, branch, wanted)
+        )
+        return deleted
+
+    async def replace_stored_items(self, replacements: Mapping[int, Item]) -> int:
+        """Overwrite items in place (every branch sharing them sees the new text)."""
+        rows = [
+            (encode_item(item, index), int(item_id))
+            for index, (item_id, item) in enumerate(replacements.items())
+        ]
+        if not rows:
+            return 0
+        scope = self._scope
+        replaced: int = await self._write(lambda conn: queries.replace_items(conn, scope, rows))
+        return replaced
+
+    async def get_user_turn_items(self, branch_id: str | None = None) -> list[TurnRow]:
+        """Every user turn of the branch with its user item as stored, in turn order."""
+        scope, branch = self._scope, self._target(branch_id)
+        rows: list[TurnRow] = await self._read(
+            lambda conn: queries.user_turn_rows(conn, scope, branch)
+        )
+        return rows
+
+    # -- content-aware queries (shared with EncryptedSession through encmem.turns) --------
+
+    async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:
+        """User turns with a 100-character preview, for choosing where to branch."""
+        rows = await self.get_user_turn_items(branch_id)
+        return turns.conversation_turns((row, row.item) for row in rows)
+
+    async def find_turns_by_content(
+        self, search_term: str, branch_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """User turns whose text contains ``search_term`` (literal, case-insensitive)."""
+        rows = await self.get_user_turn_items(branch_id)
+        return turns.find_turns(((row, row.item) for row in rows), search_term)
+
+    async def create_branch_from_content(
+        self, search_term: str, branch_name: str | None = None
+    ) -> str:
+        """Branch from the first user turn of the current branch containing ``search_term``."""
+        found = await self.find_turns_by_content(search_term)
+        if not found:
+            raise ValueError(
+                f"no user turn contains the search term ({len(search_term)} characters)"
+            )
+        return await self.create_branch_from_turn(found[0]["turn"], branch_name)
+
+    # -- branches -------------------------------------------------------------------------
+
+    async def create_branch_from_turn(
+        self, turn_number: int, branch_name: str | None = None
+    ) -> str:
+        """Branch before user turn ``turn_number`` of the current branch and switch to it.
+
+        The new branch holds the turns before ``turn_number`` (none for turn 1: an empty
+        branch, listed and switchable). Returns its id, ``branch_name`` or a generated one.
+        """
+        if isinstance(turn_number, bool) or not isinstance(turn_number, int):
+            raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
+        if branch_name is not None:
+            _check_branch_id(branch_name, "branch_name")
+        scope, source = self._scope, self._branch
+        created: str = await self._write(
+            lambda conn: queries.create_branch(conn, scope, source, turn_number, branch_name)
+        )
+        self._branch = created
+        self._logger.debug("created branch %r from turn %d of %r", created, turn_number, source)
+        return created
+
+    async def switch_to_branch(self, branch_id: str) -> None:
+        """Make ``branch_id`` the current branch; ValueError if it does not exist."""
+        _check_branch_id(branch_id)
+        scope = self._scope
+        state: str = await self._read(lambda conn: queries.branch_state(conn, scope, branch_id))
+        if state != "live":
+            raise BranchError(
+                f"branch {branch_id!r} does not exist; list_branches() shows the branches"
+            )
+        self._branch = branch_id
+
+    async def delete_branch(self, branch_id: str, force: bool = False) -> None:
+        """Delete a branch (never ``main``; the current one only with ``force``, then on main)."""
+        _check_branch_id(branch_id)
+        if branch_id == MAIN:
+            raise BranchError("the 'main' branch cannot be deleted; use clear_session()")
+        current = branch_id == self._branch
+        if current and not force:
+            raise BranchError(
+                f"{branch_id!r} is the current branch; switch_to_branch() to another first, "
+                "or pass force=True to delete it and go back to 'main'"
+            )
+        scope = self._scope
+        rows, usage = await self._write(lambda conn: queries.delete_branch(conn, scope, branch_id))
+        if current:
+            self._branch = MAIN
+        self._logger.info(
+            "deleted branch %r (%d structure rows, %d usage rows)", branch_id, rows, usage
+        )
+
+    async def list_branches(self) -> list[dict[str, Any]]:
+        """Every live branch: id, message count, user turns, is_current, created_at."""
+        scope, current = self._scope, self._branch
+        found: list[dict[str, Any]] = await self._read(
+            lambda conn: queries.list_branches(conn, scope, current)
+        )
+        return found
+
+    # -- structure and usage --------------------------------------------------------------
+
+    async def get_conversation_by_turns(
+        self, branch_id: str | None = None
+    ) -> dict[int, list[dict[str, str | None]]]:
+        """``{turn: [{"type", "tool_name"}, ...]}`` for the branch, in order."""
+        scope, branch = self._scope, self._target(branch_id)
+        found: dict[int, list[dict[str, str | None]]] = await self._read(
+            lambda conn: queries.conversation_by_turns(conn, scope, branch)
+        )
+        return found
+
+    async def get_tool_usage(self, branch_id: str | None = None) -> list[tuple[str, int, int]]:
+        """``[(tool_name, count, turn), ...]`` for the branch, by turn."""
+        scope, branch = self._scope, self._target(branch_id)
+        found: list[tuple[str, int, int]] = await self._read(
+            lambda conn: queries.tool_usage(conn, scope, branch)
+        )
+        return found
+
+    async def store_run_usage(self, result: Any) -> None:
+        """Add a run's token usage to the current turn of the current branch.
+
+        Reads ``result.context_wrapper.usage``. Calling it twice for one turn adds up; on an
+        empty branch nothing is recorded. Failures raise (nothing is swallowed).
+        """
+        try:
+            usage = result.context_wrapper.usage
+        except AttributeError:
+            raise TypeError(
+                "store_run_usage takes the result of Runner.run (it reads "
+                "result.context_wrapper.usage)"
+            ) from None
+        if usage is None:
+            return
+        numbers = advanced_items.usage_numbers(usage)
+        scope, branch = self._scope, self._branch
+        turn: int | None = await self._write(
+            lambda conn: queries.store_usage(conn, scope, branch, numbers)
+        )
+        if turn is None:
+            self._logger.debug("no usage stored: branch %r has no items yet", branch)
+
+    async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
+        """Usage summed over every branch (or ``branch_id``); None when nothing was stored."""
+        scope = self._scope
+        branch = None if branch_id is None else _check_branch_id(branch_id)
+        found: dict[str, int] | None = await self._read(
+            lambda conn: queries.session_usage(conn, scope, branch)
+        )
+        return found
+
+    async def get_turn_usage(
+        self, user_turn_number: int | None = None, branch_id: str | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """One turn's usage as a dict ({} if none), or every turn's as a list."""
+        scope, branch = self._scope, self._target(branch_id)
+        found: list[dict[str, Any]] | dict[str, Any] = await self._read(
+            lambda conn: queries.turn_usage(conn, scope, branch, user_turn_number)
+        )
+        return found

@@ -1,0 +1,255 @@
+"""Fuzz the envelope opener: whatever is stored, only encmem's own errors may come out.
+
+``open_envelope(obj, keyring, session_id)`` is fed arbitrary JSON values, arbitrary bytes and
+text as tokens, envelope-shaped dicts with random field values, and authentic tokens
+(sealed under the right session key) around arbitrary plaintext bytes. Every call must either
+return the authentic item or raise an :class:`encmem.EncmemError`; nothing else (KeyError,
+TypeError, binascii.Error, UnicodeDecodeError, RecursionError...) may escape. Each test
+prints a FIGURE line with the number of inputs tried.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import traceback
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from encmem import EncmemError, Keyring, generate_key
+from encmem.envelope import CLEAR_FIELDS, Opened, open_envelope, seal
+from encmem.items import encode_item
+from encmem.keys import SDK_KID
+
+from .strategies import json_objects, json_values
+
+SESSION = "fuzz-session"
+KEY = generate_key()
+SDK_KEY = generate_key()
+KEYRING = Keyring({"main": KEY, "old": generate_key()}, primary="main", sdk_keys=[SDK_KEY])
+EXAMPLES = int(os.environ.get("ENCMEM_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,  # reproducible in CI; set ENCMEM_FUZZ_EXAMPLES higher to dig deeper
+)
+
+
+def figure(config: pytest.Config, text: str) -> None:
+    """Print a figure so that it shows in the test run's output, captured or not."""
+    line = f"FIGURE {text}"
+    print(line)
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if capture is None or reporter is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.tried = 0
+        self.encmem_errors = 0
+        self.opened = 0
+        self.crashes: list[str] = []
+
+    def feed(self, obj: object, session_id: str = SESSION) -> Opened | None:
+        """Open ``obj``; record (rather than raise) anything that is not an EncmemError."""
+        self.tried += 1
+        try:
+            opened = open_envelope(obj, KEYRING, session_id)
+        except EncmemError:
+            self.encmem_errors += 1
+            return None
+        except BaseException as exc:  # the finding itself
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            self.crashes.append(f"{detail} for input {_short(obj)}")
+            return None
+        self.opened += 1
+        return opened
+
+    def report(self, config: pytest.Config, name: str) -> None:
+        figure(
+            config,
+            f"fuzz-{name}: {self.tried} inputs tried, {self.encmem_errors} encmem errors, "
+            f"{self.opened} opened authentically, {len(self.crashes)} crashes",
+        )
+        assert self.crashes == [], self.crashes[:5]
+
+
+def _short(obj: object) -> str:
+    text = repr(obj)
+    return text if len(text) <= 300 else text[:300] + f"... ({len(text)} chars)"
+
+
+def _token(fernet_session: str = SESSION, kid: str = "main", plaintext: bytes = b"{}") -> str:
+    fernet = KEYRING.session_fernet(kid, fernet_session)
+    assert fernet is not None
+    return fernet.encrypt_at_time(plaintext, 1_800_000_000).decode("ascii")
+
+
+GOOD_ITEM = {"role": "user", "content": "fuzz me"}
+GOOD = seal(
+    KEYRING.session_fernet("main", SESSION),  # type: ignore[arg-type]
+    "main",
+    GOOD_ITEM,
+    encode_item(GOOD_ITEM),
+    1_800_000_000,
+)
+
+texts = st.text(max_size=200)
+any_text = st.text(alphabet=st.characters(), max_size=200)  # lone surrogates included
+base64ish = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/", max_size=300
+)
+tokens = st.one_of(
+    texts,
+    any_text,
+    base64ish,
+    st.binary(max_size=300).map(lambda b: base64.urlsafe_b64encode(b).decode("ascii")),
+    # bytes with Fernet's version byte and a timestamp in front: they pass the layout check
+    st.binary(max_size=300).map(
+        lambda b: base64.urlsafe_b64encode(b"\x80" + (1_800_000_000).to_bytes(8, "big") + b).decode(
+            "ascii"
+        )
+    ),
+    st.just(GOOD["payload"]),
+    st.builds(
+        lambda cut, extra: GOOD["payload"][:cut] + extra,
+        st.integers(0, len(GOOD["payload"])),
+        base64ish,
+    ),
+    json_values,
+)
+kids = st.one_of(st.sampled_from(["main", "old", SDK_KID, "", "nobody"]), any_text, json_values)
+versions = st.one_of(st.sampled_from([1, 2, 3, 0, -1, "2", 2.0, True]), json_values)
+envelopes = st.fixed_dictionaries(
+    {"__enc__": st.one_of(st.just(1), json_values), "v": versions, "kid": kids, "payload": tokens},
+    optional={
+        **{
+            name: st.one_of(st.sampled_from(["user", "assistant", "message"]), json_values)
+            for name in CLEAR_FIELDS
+        },
+        "extra": json_values,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def counters() -> dict[str, Counter]:
+    return {}
+
+
+def _counter(counters: dict[str, Counter], name: str) -> Counter:
+    return counters.setdefault(name, Counter())
+
+
+@given(obj=json_values)
+@FUZZ
+def test_fuzz_arbitrary_json(obj: Any, counters: dict[str, Counter]) -> None:
+    _counter(counters, "json").feed(obj)
+
+
+@given(data=st.binary(max_size=500))
+@FUZZ
+def test_fuzz_arbitrary_bytes(data: bytes, counters: dict[str, Counter]) -> None:
+    counter = _counter(counters, "bytes")
+    counter.feed(data)
+    try:
+        decoded: object = json.loads(data)
+    except (ValueError, RecursionError):
+        decoded = data.decode("latin-1")
+    counter.feed(decoded)
+    counter.feed({**GOOD, "payload": data})
+    counter.feed({**GOOD, "payload": data.decode("latin-1")})
+    counter.feed({**GOOD, "payload": base64.urlsafe_b64encode(data).decode("ascii")})
+
+
+@given(text=any_text)
+@FUZZ
+def test_fuzz_arbitrary_text(text: str, counters: dict[str, Counter]) -> None:
+    counter = _counter(counters, "text")
+    counter.feed(text)
+    counter.feed({**GOOD, "payload": text})
+    counter.feed({**GOOD, "kid": text})
+    counter.feed({**GOOD, "kid": SDK_KID, "v": 1, "payload": text})
+
+
+@given(obj=envelopes)
+@FUZZ
+def test_fuzz_envelope_shaped_dicts(obj: dict[str, Any], counters: dict[str, Counter]) -> None:
+    counter = _counter(counters, "envelopes")
+    opened = counter.feed(obj)
+    if opened is not None:
+        # only the authentic item can come out, and only with its own clear fields
+        assert opened.item == GOOD_ITEM, obj
+        assert {k: obj[k] for k in CLEAR_FIELDS if k in obj} == {"role": "user"}
+
+
+@given(plaintext=st.binary(max_size=400), version=st.sampled_from([1, 2]))
+@FUZZ
+def test_fuzz_authentic_tokens_around_arbitrary_plaintext(
+    plaintext: bytes, version: int, counters: dict[str, Counter]
+) -> None:
+    """A token that authenticates but whose plaintext is not an item is still refused."""
+    counter = _counter(counters, "authentic-bytes")
+    if version == 2:
+        obj = {"__enc__": 1, "v": 2, "kid": "main", "payload": _token(plaintext=plaintext)}
+    else:
+        sdk = KEYRING.sdk_fernets(SESSION)[0]
+        token = sdk.encrypt_at_time(plaintext, 1_800_000_000).decode("ascii")
+        obj = {"__enc__": 1, "v": 1, "kid": SDK_KID, "payload": token}
+    opened = counter.feed(obj)
+    if opened is not None:
+        assert opened.item == json.loads(plaintext)
+
+
+@given(item=json_objects)
+@FUZZ
+def test_fuzz_authentic_items_round_trip(
+    item: dict[str, Any], counters: dict[str, Counter]
+) -> None:
+    counter = _counter(counters, "authentic-items")
+    fernet = KEYRING.session_fernet("main", SESSION)
+    assert fernet is not None
+    envelope = seal(fernet, "main", item, encode_item(item), 1_800_000_000)
+    opened = counter.feed(json.loads(json.dumps(envelope)))
+    assert opened is not None and opened.item == item
+    # ...and the same envelope read under another session id never opens
+    assert counter.feed(envelope, session_id=SESSION + "-other") is None
+
+
+@pytest.mark.parametrize(
+    "name", ["json", "bytes", "text", "envelopes", "authentic-bytes", "authentic-items"]
+)
+def test_fuzz_figures(name: str, counters: dict[str, Counter], pytestconfig: pytest.Config) -> None:
+    """Report each fuzz target's figures (the targets above ran first, in file order)."""
+    counter = counters.get(name)
+    if counter is None:
+        pytest.skip(f"fuzz target {name} did not run in this session")
+    counter.report(pytestconfig, name)
+    assert counter.tried >= EXAMPLES
+
+
+# -- hostile plaintexts found by hand, kept as regression tests --------------------------------
+
+
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+def test_authentic_token_around_deeply_nested_json_is_an_encmem_error(depth: int) -> None:
+    """Deeply nested JSON inside an authentic token must not escape as RecursionError."""
+    plaintext = b"[" * depth + b"]" * depth
+    obj = {"__enc__": 1, "v": 2, "kid": "main", "payload": _token(plaintext=plaintext)}
+    with pytest.raises(EncmemError):
+        open_envelope(obj, KEYRING, SESSION)
+
+
+@pytest.mark.parametrize("kid", ["main\udc80", "\ud800", "m\x00ain"])
+def test_odd_kids_are_encmem_errors(kid: str) -> None:
+    with pytest.raises(EncmemError):
+        open_envelope({**GOOD, "kid": kid}, KEYRING, SESSION)
