@@ -224,11 +224,8 @@ class AdvancedSQLiteSession(SQLiteSession):
     ) -> str:
         """Branch from the first user turn of the current branch containing ``search_term``."""
         found = await self.find_turns_by_content(search_term)
-        if not found:
-            raise ValueError(
-                f"no user turn contains the search term ({len(search_term)} characters)"
-            )
-        return await self.create_branch_from_turn(found[0]["turn"], branch_name)
+        turn = turns.first_matching_turn(found, search_term)
+        return await self.create_branch_from_turn(turn, branch_name)
 
     # -- branches -------------------------------------------------------------------------
 

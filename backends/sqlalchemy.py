@@ -61,6 +61,7 @@ from encmem.protocol import StoredItem
 from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from ._identifiers import check_table_name
+from ._rows import decode_rows
 
 logger = logging.getLogger("encmem.backends.sqlalchemy")
 
@@ -466,19 +467,7 @@ class SQLAlchemySession:
     # -- rows -----------------------------------------------------------------------------
 
     def _decode_rows(self, rows: Sequence[Any]) -> list[StoredItem]:
-        """Decode (id, json) rows, newest first in, oldest first out; skip non-objects."""
-        decoded: list[StoredItem] = []
-        for row_id, data in reversed(rows):
-            item = decode_item(data)
-            if item is None:
-                logger.warning(
-                    "skipped a stored row that is not a JSON object (session %r, id %d)",
-                    self.session_id,
-                    row_id,
-                )
-                continue
-            decoded.append(StoredItem(int(row_id), item))
-        return decoded
+        return decode_rows(rows, self.session_id, logger)
 
     async def _select_tail(
         self, conn: AsyncConnection, limit: int | None, before_id: int | None

@@ -21,6 +21,7 @@ from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
+from ._rows import decode_rows
 
 logger = logging.getLogger("encmem.backends.sqlite")
 
@@ -141,19 +142,7 @@ class SQLiteSession:
     # -- rows -----------------------------------------------------------------------------
 
     def _decode_rows(self, rows: list[tuple[int, str]]) -> list[StoredItem]:
-        """Decode (id, json) rows, newest first in, oldest first out; skip non-objects."""
-        decoded: list[StoredItem] = []
-        for row_id, data in reversed(rows):
-            item = decode_item(data)
-            if item is None:
-                logger.warning(
-                    "skipped a stored row that is not a JSON object (session %r, id %d)",
-                    self.session_id,
-                    row_id,
-                )
-                continue
-            decoded.append(StoredItem(row_id, item))
-        return decoded
+        return decode_rows(rows, self.session_id, logger)
 
     def _select_tail(
         self, conn: sqlite3.Connection, limit: int | None, before_id: int | None

@@ -86,30 +86,38 @@ def _unreadable(session: EncryptedSession, exc: DecryptionError, stored: StoredI
         raise located from None
 
 
-async def rotate(
+async def _reseal(
     session: EncryptedSession,
+    operation: str,
+    choose: Callable[[Any, str], str],
     *,
-    batch_size: int = DEFAULT_BATCH,
-    progress: Progress | None = None,
-    dry_run: bool = False,
+    batch_size: int,
+    progress: Progress | None,
+    dry_run: bool,
 ) -> MaintenanceResult:
-    """Re-seal under the primary key every item sealed under another key (or the SDK's v1).
+    """Re-seal, under the primary key, the items ``choose`` picks; keep the rest as they are.
 
-    The original seal time is kept, so rotation never extends an item's life.
+    ``choose(stored_object, primary_kid)`` answers "keep", "seal" (plaintext: seal it now) or
+    "open" (an envelope: open it and seal it again with its original seal time).
     """
-    source = require(session.underlying_session, ItemAddressing, "rotate_keys()")
-    ring, kid = session.keyring, session.keyring.primary_kid
-    fernet = ring.session_fernet(kid, session.session_id)
+    source = require(session.underlying_session, ItemAddressing, operation)
+    kid = session.keyring.primary_kid
+    fernet = session.keyring.session_fernet(kid, session.session_id)
     assert fernet is not None
-    result = MaintenanceResult()
     opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
+    now = int(session.clock())
+    result = MaintenanceResult()
     async for _, batch in walk(source, _check_batch(batch_size)):
         replacements: dict[int, Item] = {}
         for stored in batch:
             result.examined += 1
             obj = stored.item
-            if is_envelope(obj) and obj.get("v") == FORMAT_VERSION and obj.get("kid") == kid:
+            action = choose(obj, kid)
+            if action == "keep":
                 result.unchanged += 1
+                continue
+            if action == "seal":
+                replacements[stored.id] = seal(fernet, kid, obj, encode_item(obj), now)
                 continue
             try:
                 opened = opener.open(obj)
@@ -126,6 +134,31 @@ async def rotate(
         if progress is not None:
             progress(result.examined)
     return result
+
+
+def _current(obj: Any, kid: str) -> bool:
+    return is_envelope(obj) and obj.get("v") == FORMAT_VERSION and obj.get("kid") == kid
+
+
+async def rotate(
+    session: EncryptedSession,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+    dry_run: bool = False,
+) -> MaintenanceResult:
+    """Re-seal under the primary key every item sealed under another key (or the SDK's v1).
+
+    The original seal time is kept, so rotation never extends an item's life.
+    """
+    return await _reseal(
+        session,
+        "rotate_keys()",
+        lambda obj, kid: "keep" if _current(obj, kid) else "open",
+        batch_size=batch_size,
+        progress=progress,
+        dry_run=dry_run,
+    )
 
 
 async def purge_expired(
@@ -177,39 +210,20 @@ async def encrypt_existing(
     Plaintext items are sealed at the current time; v1 items keep their seal time. Items
     already in encmem's format are left alone (``rotate_keys`` moves them between keys).
     """
-    source = require(session.underlying_session, ItemAddressing, "encrypt_existing()")
-    ring, kid = session.keyring, session.keyring.primary_kid
-    fernet = ring.session_fernet(kid, session.session_id)
-    assert fernet is not None
-    result = MaintenanceResult()
-    opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
-    now = int(session.clock())
-    async for _, batch in walk(source, _check_batch(batch_size)):
-        replacements: dict[int, Item] = {}
-        for stored in batch:
-            result.examined += 1
-            obj = stored.item
-            if not is_envelope(obj):
-                replacements[stored.id] = seal(fernet, kid, obj, encode_item(obj), now)
-                continue
-            if obj.get("v") == FORMAT_VERSION:
-                result.unchanged += 1
-                continue
-            try:
-                opened = opener.open(obj)
-            except DecryptionError as exc:
-                result.unreadable += 1
-                _unreadable(session, exc, stored)
-                continue
-            text = encode_item(opened.item)
-            replacements[stored.id] = seal(fernet, kid, opened.item, text, opened.sealed_at)
-        if replacements:
-            result.changed += (
-                len(replacements) if dry_run else await source.replace_stored_items(replacements)
-            )
-        if progress is not None:
-            progress(result.examined)
-    return result
+
+    def choose(obj: Any, kid: str) -> str:
+        if not is_envelope(obj):
+            return "seal"
+        return "keep" if obj.get("v") == FORMAT_VERSION else "open"
+
+    return await _reseal(
+        session,
+        "encrypt_existing()",
+        choose,
+        batch_size=batch_size,
+        progress=progress,
+        dry_run=dry_run,
+    )
 
 
 # -- store-wide ---------------------------------------------------------------------------------

@@ -495,13 +495,9 @@ class EncryptedSession:
         self, search_term: str, branch_name: str | None = None
     ) -> str:
         """Branch from the first user turn whose text contains ``search_term``."""
-        found = await self.find_turns_by_content(search_term)
-        if not found:
-            raise ValueError(
-                f"no user turn contains the search term ({len(search_term)} characters)"
-            )
+        turn = turns.first_matching_turn(await self.find_turns_by_content(search_term), search_term)
         branch: str = await self.underlying_session.create_branch_from_turn(  # type: ignore[attr-defined]
-            found[0]["turn"], branch_name
+            turn, branch_name
         )
         return branch
 

@@ -81,3 +81,11 @@ def find_turns(rows: Iterable[tuple[TurnRow, Item]], term: str) -> list[dict[str
     if not isinstance(term, str) or not term:
         raise ValueError("the search term must be a non-empty string")
     return [turn_dict(row, item) for row, item in rows if matches(item, term)]
+
+
+def first_matching_turn(found: list[dict[str, Any]], term: str) -> int:
+    """The turn to branch from for ``create_branch_from_content``; ValueError if none."""
+    if not found:
+        raise ValueError(f"no user turn contains the search term ({len(term)} characters)")
+    turn: int = found[0]["turn"]
+    return turn

@@ -25,23 +25,13 @@ from encmem.backends import SQLiteSession
 
 from encmem import EncryptedSession, generate_key
 
+from .figures import figure
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("ENCMEM_CRASH_ROUNDS", "25"))
 ROUND_SPAN = 1_000_000  # turn numbers of round r start at r * ROUND_SPAN
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-
-
-def figure(config: pytest.Config, text: str) -> None:
-    """Print a figure so that it shows in the test run's output, captured or not."""
-    line = f"FIGURE {text}"
-    print(line)
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
 
 
 def _spawn(db: Path, key: str, first: int, out: Path) -> subprocess.Popen[bytes]:

@@ -22,21 +22,11 @@ from encmem.backends import SQLiteSession
 
 from encmem import EncryptedSession, generate_key
 
+from .figures import figure
+
 ROOT = Path(__file__).resolve().parent.parent
 WRITERS = 4
 TURNS = int(os.environ.get("ENCMEM_LOAD_TURNS", "200"))
-
-
-def figure(config: pytest.Config, text: str) -> None:
-    """Print a figure so that it shows in the test run's output, captured or not."""
-    line = f"FIGURE {text}"
-    print(line)
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
 
 
 async def _read(db: Path, session_id: str, key: str) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from encmem.envelope import CLEAR_FIELDS, Opened, open_envelope, seal
 from encmem.items import encode_item
 from encmem.keys import SDK_KID
 
+from .figures import figure
 from .strategies import json_objects, json_values
 
 SESSION = "fuzz-session"
@@ -38,18 +39,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=True,  # reproducible in CI; set ENCMEM_FUZZ_EXAMPLES higher to dig deeper
 )
-
-
-def figure(config: pytest.Config, text: str) -> None:
-    """Print a figure so that it shows in the test run's output, captured or not."""
-    line = f"FIGURE {text}"
-    print(line)
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
 
 
 class Counter:

@@ -33,23 +33,12 @@ from encmem import (
 from encmem.envelope import open_envelope
 from encmem.keys import parse_key
 
+from .figures import figure
 from .stores import STORES, EncryptedStore, Store
 
 RUN = uuid.uuid4().hex[:10]
 NON_ASCII = ["Grüße", "東京都", "Привет", "🦄🔑", "עברית"]
 CANARIES = [f"CANARY{n}x{RUN}" for n in range(8)]
-
-
-def figure(config: pytest.Config, text: str) -> None:
-    """Print a figure so that it shows in the test run's output, captured or not."""
-    line = f"FIGURE {text}"
-    print(line)
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
 
 
 def _forms(secret: str) -> set[bytes]:

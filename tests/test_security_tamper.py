@@ -30,6 +30,7 @@ from encmem import (
 from encmem.envelope import CLEAR_FIELDS, clear_fields, open_envelope, seal
 from encmem.items import encode_item
 
+from .figures import figure
 from .stores import STORES, EncryptedStore
 
 SESSION = "tamper-session"
@@ -48,18 +49,6 @@ ITEMS: list[dict[str, Any]] = [
     {"role": "user", "content": "hello, tamper me"},
     {"type": "function_call_output", "call_id": "c1", "output": "42 Zürich 東京"},
 ]
-
-
-def figure(config: pytest.Config, text: str) -> None:
-    """Print a figure so that it shows in the test run's output, captured or not."""
-    line = f"FIGURE {text}"
-    print(line)
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(line)
 
 
 def _keyring() -> Keyring:

@@ -1,0 +1,27 @@
+"""Decoding stored (id, JSON text) rows, shared by the SQL backends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from encmem.items import decode_item
+from encmem.protocol import StoredItem
+
+
+def decode_rows(rows: Sequence[Any], session_id: str, logger: logging.Logger) -> list[StoredItem]:
+    """Newest-first (id, json) rows in, oldest-first items out; rows that are not JSON objects
+    are skipped with a warning naming the row, never its content."""
+    decoded: list[StoredItem] = []
+    for row_id, data in reversed(rows):
+        item = decode_item(data)
+        if item is None:
+            logger.warning(
+                "skipped a stored row that is not a JSON object (session %r, id %d)",
+                session_id,
+                row_id,
+            )
+            continue
+        decoded.append(StoredItem(int(row_id), item))
+    return decoded
