@@ -17,11 +17,12 @@ import binascii
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet
 
 from .errors import PlaintextItemError, TamperedItemError, UnknownKeyIdError
 from .items import Item, decode_item
 from .keys import SDK_KID, Keyring
+from .token import FernetKey
 
 FORMAT_VERSION = 2
 SDK_FORMAT_VERSION = 1
@@ -43,7 +44,8 @@ def is_envelope(obj: object) -> bool:
     """Whether ``obj`` has the shape of an encrypted envelope (ours or the SDK's)."""
     return (
         isinstance(obj, dict)
-        and obj.get("__enc__") == 1
+        and type(obj.get("__enc__")) is int  # 1, not True or 1.0: one spelling only
+        and obj["__enc__"] == 1
         and "payload" in obj
         and "kid" in obj
         and "v" in obj
@@ -76,13 +78,6 @@ def token_timestamp(token: str) -> int:
     return int.from_bytes(head[1:9], "big")
 
 
-def _decrypt(fernet: Fernet, token: str) -> bytes | None:
-    try:
-        return fernet.decrypt(token)
-    except (InvalidToken, TypeError, ValueError):
-        return None
-
-
 def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
     """The clear fields must be exactly the item's structural fields, with nothing else."""
     for name, value in obj.items():
@@ -106,21 +101,21 @@ class Opener:
     memory, which is why its size is the caller's choice.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_fernets", "keyring", "session_id")
+    __slots__ = ("_cache", "_cache_size", "_keys", "keyring", "session_id")
 
     def __init__(self, keyring: Keyring, session_id: str, cache_size: int = 0) -> None:
         self.keyring = keyring
         self.session_id = session_id
-        self._fernets: dict[str, Fernet | None] = {}
+        self._keys: dict[str, FernetKey | None] = {}
         self._cache: OrderedDict[str, tuple[dict[str, Any], bytes, int]] = OrderedDict()
         self._cache_size = cache_size
 
-    def _fernet(self, kid: str) -> Fernet | None:
+    def _key(self, kid: str) -> FernetKey | None:
         try:
-            return self._fernets[kid]
+            return self._keys[kid]
         except KeyError:
-            fernet = self._fernets[kid] = self.keyring.session_fernet(kid, self.session_id)
-            return fernet
+            key = self._keys[kid] = self.keyring.session_key(kid, self.session_id)
+            return key
 
     def open(self, obj: object) -> Opened:
         """Authenticate and decrypt one stored object; raise a DecryptionError subclass if not.
@@ -133,6 +128,8 @@ class Opener:
         token, kid, version = obj["payload"], obj["kid"], obj["v"]
         if not isinstance(token, str) or not isinstance(kid, str):
             raise TamperedItemError("the envelope's payload or kid is not a string")
+        if type(version) is not int:
+            raise TamperedItemError(f"the envelope's format version is not an integer: {version!r}")
         if version == FORMAT_VERSION:
             return self._open_v2(obj, token, kid)
         if version == SDK_FORMAT_VERSION and kid == SDK_KID:
@@ -147,20 +144,20 @@ class Opener:
             item = decode_item(cached[1])
             assert item is not None
             return Opened(item, cached[2], kid, FORMAT_VERSION)
-        fernet = self._fernet(kid)
-        if fernet is None:
+        key = self._key(kid)
+        if key is None:
             raise UnknownKeyIdError(
                 f"the item was sealed under key id {kid!r}, which the keyring does not "
                 f"hold (it holds {list(self.keyring.kids)}); add that key to the Keyring "
                 "to read it"
             )
-        decrypted = _decrypt(fernet, token)
-        if decrypted is None:
+        opened = key.open(token)
+        if opened is None:
             raise TamperedItemError(
                 f"the token under key id {kid!r} failed authentication (wrong key for this "
                 "id, an item moved from another session, or an edited token)"
             )
-        plaintext, sealed_at = decrypted, token_timestamp(token)
+        plaintext, sealed_at = opened
         item = decode_item(plaintext)
         if item is None:
             raise TamperedItemError("the sealed content is not a JSON object")
@@ -172,11 +169,11 @@ class Opener:
         return Opened(item, sealed_at, kid, FORMAT_VERSION)
 
     def _open_sdk(self, token: str) -> Opened:
-        for fernet in self.keyring.sdk_fernets(self.session_id):
-            decrypted = _decrypt(fernet, token)
-            item = decode_item(decrypted) if decrypted is not None else None
-            if item is not None:
-                return Opened(item, token_timestamp(token), SDK_KID, SDK_FORMAT_VERSION)
+        for key in self.keyring.sdk_keys(self.session_id):
+            opened = key.open(token)
+            item = decode_item(opened[0]) if opened is not None else None
+            if opened is not None and item is not None:
+                return Opened(item, opened[1], SDK_KID, SDK_FORMAT_VERSION)
         raise TamperedItemError(
             "an Agents SDK (v1) item failed authentication under every key of the keyring; "
             "pass the key the SDK used (Keyring(..., sdk_keys=[...]) for a non-Fernet key)"

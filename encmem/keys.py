@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import InvalidKeyError
+from .token import FernetKey
 
 KeyInput = Union[str, bytes]  # noqa: UP007 - a runtime alias, evaluated on Python 3.10 too
 
@@ -151,10 +152,6 @@ def check_kid(kid: object) -> str:
     return kid
 
 
-def _fernet(raw32: bytes) -> Fernet:
-    return Fernet(base64.urlsafe_b64encode(raw32))
-
-
 def _hkdf(material: bytes, salt: bytes | None, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(material)
 
@@ -210,8 +207,8 @@ class Keyring:
         self._material = material
         self._sdk = list(dict.fromkeys(sdk))
         self._primary = chosen
-        self._cache: OrderedDict[tuple[str, str], Fernet] = OrderedDict()
-        self._sdk_cache: OrderedDict[str, list[Fernet]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], FernetKey] = OrderedDict()
+        self._sdk_cache: OrderedDict[str, list[FernetKey]] = OrderedDict()
 
     @classmethod
     def from_passphrase(
@@ -309,34 +306,39 @@ class Keyring:
 
     __str__ = __repr__
 
-    def session_fernet(self, kid: str, session_id: str) -> Fernet | None:
-        """The Fernet of ``session_id`` under master key ``kid``; None for an unknown kid."""
+    def session_key(self, kid: str, session_id: str) -> FernetKey | None:
+        """The key of ``session_id`` under master key ``kid``; None for an unknown kid."""
         cache_key = (kid, session_id)
-        fernet = self._cache.get(cache_key)
-        if fernet is not None:
+        key = self._cache.get(cache_key)
+        if key is not None:
             self._cache.move_to_end(cache_key)
-            return fernet
+            return key
         material = self._material.get(kid)
         if material is None:
             return None
         kid_bytes = kid.encode("ascii")
         info = _V2_INFO + len(kid_bytes).to_bytes(2, "big") + kid_bytes + session_id.encode("utf-8")
-        fernet = _fernet(_hkdf(material, None, info))
-        self._cache[cache_key] = fernet
+        key = FernetKey(_hkdf(material, None, info))
+        self._cache[cache_key] = key
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
-        return fernet
+        return key
 
-    def sdk_fernets(self, session_id: str) -> list[Fernet]:
-        """The Fernets the Agents SDK would use for ``session_id``, one per candidate key."""
-        fernets = self._sdk_cache.get(session_id)
-        if fernets is None:
+    def session_fernet(self, kid: str, session_id: str) -> Fernet | None:
+        """The Fernet that seals ``session_id``'s items under ``kid``; None for an unknown kid."""
+        key = self.session_key(kid, session_id)
+        return None if key is None else key.fernet
+
+    def sdk_keys(self, session_id: str) -> list[FernetKey]:
+        """The keys the Agents SDK would use for ``session_id``, one per candidate master key."""
+        keys = self._sdk_cache.get(session_id)
+        if keys is None:
             salt = session_id.encode("utf-8")
-            fernets = [_fernet(_hkdf(material, salt, _SDK_INFO)) for material in self._sdk]
-            self._sdk_cache[session_id] = fernets
+            keys = [FernetKey(_hkdf(material, salt, _SDK_INFO)) for material in self._sdk]
+            self._sdk_cache[session_id] = keys
             if len(self._sdk_cache) > _CACHE_SIZE:
                 self._sdk_cache.popitem(last=False)
-        return fernets
+        return keys
 
 
 def as_keyring(value: KeyInput | Keyring) -> Keyring:

@@ -191,7 +191,7 @@ def test_fuzz_authentic_tokens_around_arbitrary_plaintext(
     if version == 2:
         obj = {"__enc__": 1, "v": 2, "kid": "main", "payload": _token(plaintext=plaintext)}
     else:
-        sdk = KEYRING.sdk_fernets(SESSION)[0]
+        sdk = KEYRING.sdk_keys(SESSION)[0].fernet
         token = sdk.encrypt_at_time(plaintext, 1_800_000_000).decode("ascii")
         obj = {"__enc__": 1, "v": 1, "kid": SDK_KID, "payload": token}
     opened = counter.feed(obj)

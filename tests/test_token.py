@@ -1,0 +1,73 @@
+"""encmem's Fernet opener accepts exactly the authentic tokens Fernet itself accepts."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from cryptography.fernet import Fernet, InvalidToken
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from encmem.token import FernetKey
+
+RAW = os.urandom(32)
+KEY = FernetKey(RAW)
+FERNET = Fernet(base64.urlsafe_b64encode(RAW))
+OTHER = FernetKey(os.urandom(32))
+
+
+def fernet_opens(token: str) -> bytes | None:
+    try:
+        return FERNET.decrypt(token)
+    except (InvalidToken, ValueError, TypeError):
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(plaintext=st.binary(max_size=600), sealed_at=st.integers(min_value=0, max_value=2**40))
+def test_every_token_fernet_makes_opens_to_the_same_bytes_and_time(
+    plaintext: bytes, sealed_at: int
+) -> None:
+    token = FERNET.encrypt_at_time(plaintext, sealed_at).decode()
+    assert KEY.open(token) == (plaintext, sealed_at)
+    assert OTHER.open(token) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    plaintext=st.binary(max_size=200),
+    position=st.integers(min_value=0),
+    replacement=st.sampled_from("AQgw-_=0aZ+/ ."),
+)
+def test_an_edited_token_opens_only_if_fernet_would_open_it_identically(
+    plaintext: bytes, position: int, replacement: str
+) -> None:
+    token = FERNET.encrypt(plaintext).decode()
+    index = position % len(token)
+    edited = token[:index] + replacement + token[index + 1 :]
+    ours = KEY.open(edited)
+    if ours is not None:  # ours accepts a subset (canonical base64 only) ...
+        assert fernet_opens(edited) == ours[0] == plaintext  # ... and agrees on every one
+    if edited != token and fernet_opens(edited) is None:
+        assert ours is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_arbitrary_bytes_never_open(data: bytes) -> None:
+    token = base64.urlsafe_b64encode(data).decode()
+    assert KEY.open(token) is None
+    assert KEY.open(token[:-1]) is None
+
+
+def test_bit_flips_anywhere_are_rejected() -> None:
+    raw = base64.urlsafe_b64decode(FERNET.encrypt(b'{"role":"user","content":"hi"}'))
+    rejected = 0
+    for byte in range(len(raw)):
+        for bit in range(8):
+            flipped = bytearray(raw)
+            flipped[byte] ^= 1 << bit
+            assert KEY.open(base64.urlsafe_b64encode(bytes(flipped)).decode()) is None
+            rejected += 1
+    assert rejected == len(raw) * 8
