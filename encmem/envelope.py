@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
@@ -76,6 +77,21 @@ def token_timestamp(token: str) -> int:
     if len(head) < 9 or head[0] != 0x80:
         raise TamperedItemError("the token does not have Fernet's layout")
     return int.from_bytes(head[1:9], "big")
+
+
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _decode_sealed(plaintext: bytes) -> Item:
+    """The item inside an authenticated token: exactly one JSON object, nothing around it."""
+    try:
+        text = plaintext.decode("utf-8")
+        value, end = _scan_json(text, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+        value, end = None, -1
+    if not isinstance(value, dict) or end != len(text):
+        raise TamperedItemError("the sealed content is not a JSON object")
+    return value
 
 
 def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
@@ -141,8 +157,7 @@ class Opener:
         if cached is not None and cached[0] == obj:
             # The very envelope that was verified before: same token, kid and clear fields.
             self._cache.move_to_end(token)
-            item = decode_item(cached[1])
-            assert item is not None
+            item = _decode_sealed(cached[1])
             return Opened(item, cached[2], kid, FORMAT_VERSION)
         key = self._key(kid)
         if key is None:
@@ -158,9 +173,7 @@ class Opener:
                 "id, an item moved from another session, or an edited token)"
             )
         plaintext, sealed_at = opened
-        item = decode_item(plaintext)
-        if item is None:
-            raise TamperedItemError("the sealed content is not a JSON object")
+        item = _decode_sealed(plaintext)
         _check_clear_fields(obj, item)
         if self._cache_size:
             self._cache[token] = (dict(obj), plaintext, sealed_at)

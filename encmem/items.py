@@ -15,6 +15,7 @@ from .errors import InvalidItemError
 Item = dict[str, Any]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_decoder = json.JSONDecoder()
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -76,7 +77,7 @@ def encode_items(items: Sequence[object]) -> list[str]:
 def decode_item(text: str | bytes) -> Item | None:
     """Parse stored JSON text; None when it is not a JSON object."""
     try:
-        value = json.loads(text)
+        value = _decoder.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (ValueError, TypeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
