@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import threading
 
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -41,7 +42,7 @@ def _b64decode(token: str) -> bytes | None:
 class FernetKey:
     """One 32-byte Fernet key: seals through ``Fernet``, opens through a reused AES context."""
 
-    __slots__ = ("_signing", "_stream", "fernet")
+    __slots__ = ("_lock", "_signing", "_stream", "fernet")
 
     def __init__(self, raw32: bytes) -> None:
         if len(raw32) != 32:
@@ -51,6 +52,7 @@ class FernetKey:
         # One CBC stream for every token: fed "IV || ciphertext", its first output block is
         # chained to the previous token and thrown away; the rest is chained to this IV.
         self._stream = Cipher(algorithms.AES(raw32[16:]), modes.CBC(bytes(_BLOCK))).decryptor()
+        self._lock = threading.Lock()  # keyrings, and so keys, may be shared across threads
 
     def open(self, token: str) -> tuple[bytes, int] | None:
         """(plaintext, seal time) if the token is authentic under this key, else None."""
@@ -63,7 +65,8 @@ class FernetKey:
         chained = signed[9:]  # the IV, then the ciphertext
         if len(chained) % _BLOCK:
             return None
-        padded = self._stream.update(chained)[_BLOCK:]
+        with self._lock:
+            padded = self._stream.update(chained)[_BLOCK:]
         pad = padded[-1]
         if not 1 <= pad <= _BLOCK or padded[-pad:] != bytes((pad,)) * pad:
             return None

@@ -71,3 +71,21 @@ def test_bit_flips_anywhere_are_rejected() -> None:
             assert KEY.open(base64.urlsafe_b64encode(bytes(flipped)).decode()) is None
             rejected += 1
     assert rejected == len(raw) * 8
+
+
+def test_one_key_opens_correctly_from_many_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokens = [(FERNET.encrypt(os.urandom(n)).decode(), n) for n in range(0, 400, 7)]
+    expected = {token: FERNET.decrypt(token) for token, _ in tokens}
+
+    def check(round_: int) -> int:
+        good = 0
+        for token, _ in tokens[round_ % 3 :] + tokens[: round_ % 3]:
+            opened = KEY.open(token)
+            assert opened is not None and opened[0] == expected[token]
+            good += 1
+        return good
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert sum(pool.map(check, range(200))) == 200 * len(tokens)
