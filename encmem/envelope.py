@@ -18,8 +18,6 @@ import json
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
-from cryptography.fernet import Fernet
-
 from .errors import PlaintextItemError, TamperedItemError, UnknownKeyIdError
 from .items import Item, decode_item
 from .keys import SDK_KID, Keyring
@@ -58,9 +56,9 @@ def clear_fields(item: Item) -> dict[str, Any]:
     return {name: item[name] for name in CLEAR_FIELDS if name in item}
 
 
-def seal(fernet: Fernet, kid: str, item: Item, item_json: str, sealed_at: int) -> Item:
+def seal(key: FernetKey, kid: str, item: Item, item_json: str, sealed_at: int) -> Item:
     """Encrypt ``item`` (already encoded as ``item_json``) into a v2 envelope."""
-    token = fernet.encrypt_at_time(item_json.encode("utf-8"), sealed_at).decode("ascii")
+    token = key.seal(item_json.encode("utf-8"), sealed_at)
     envelope: Item = {"__enc__": 1, "v": FORMAT_VERSION, "kid": kid, "payload": token}
     for name in CLEAR_FIELDS:
         if name in item:
@@ -133,10 +131,11 @@ class Opener:
             key = self._keys[kid] = self.keyring.session_key(kid, self.session_id)
             return key
 
-    def open(self, obj: object) -> Opened:
+    def open(self, obj: object, remember: bool = True) -> Opened:
         """Authenticate and decrypt one stored object; raise a DecryptionError subclass if not.
 
-        Expiry is not decided here: the caller compares ``sealed_at`` with its TTL.
+        Expiry is not decided here: the caller compares ``sealed_at`` with its TTL. With
+        ``remember=False`` the plaintext is not cached (a long read would only churn it).
         """
         if not is_envelope(obj):
             raise PlaintextItemError("a plaintext item was found where an encrypted one belongs")
@@ -147,12 +146,12 @@ class Opener:
         if type(version) is not int:
             raise TamperedItemError(f"the envelope's format version is not an integer: {version!r}")
         if version == FORMAT_VERSION:
-            return self._open_v2(obj, token, kid)
+            return self._open_v2(obj, token, kid, remember)
         if version == SDK_FORMAT_VERSION and kid == SDK_KID:
             return self._open_sdk(token)
         raise TamperedItemError(f"unknown envelope format v={version!r} kid={kid!r}")
 
-    def _open_v2(self, obj: dict[str, Any], token: str, kid: str) -> Opened:
+    def _open_v2(self, obj: dict[str, Any], token: str, kid: str, remember: bool) -> Opened:
         cached = self._cache.get(token) if self._cache_size else None
         if cached is not None and cached[0] == obj:
             # The very envelope that was verified before: same token, kid and clear fields.
@@ -175,7 +174,7 @@ class Opener:
         plaintext, sealed_at = opened
         item = _decode_sealed(plaintext)
         _check_clear_fields(obj, item)
-        if self._cache_size:
+        if self._cache_size and remember:
             self._cache[token] = (dict(obj), plaintext, sealed_at)
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)

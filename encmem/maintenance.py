@@ -102,7 +102,7 @@ async def _reseal(
     """
     source = require(session.underlying_session, ItemAddressing, operation)
     kid = session.keyring.primary_kid
-    fernet = session.keyring.session_fernet(kid, session.session_id)
+    fernet = session.keyring.session_key(kid, session.session_id)
     assert fernet is not None
     opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
     now = int(session.clock())

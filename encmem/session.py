@@ -207,7 +207,7 @@ class EncryptedSession:
     def _seal_all(self, items: list[Any]) -> list[Item]:
         texts = encode_items(items)
         kid = self.keyring.primary_kid
-        fernet = self.keyring.session_fernet(kid, self.session_id)
+        fernet = self.keyring.session_key(kid, self.session_id)
         assert fernet is not None
         now = int(self.clock())
         return [seal(fernet, kid, item, text, now) for item, text in zip(items, texts, strict=True)]
@@ -232,11 +232,16 @@ class EncryptedSession:
         return located
 
     def _open(
-        self, obj: object, now: float, position: int | None, item_id: int | None
+        self,
+        obj: object,
+        now: float,
+        position: int | None,
+        item_id: int | None,
+        remember: bool = True,
     ) -> Opened | None:
         """The opened item; None when it expired or (in skip mode) cannot be read."""
         try:
-            opened = self._opener.open(obj)
+            opened = self._opener.open(obj, remember)
         except DecryptionError as exc:
             located = self._located(exc, position, item_id)
             if self.on_invalid == "raise":
@@ -299,8 +304,11 @@ class EncryptedSession:
     def _open_all(self, stored: list[StoredItem], now: float) -> list[Item]:
         items: list[Item] = []
         total = len(stored)
+        cached_from = total - self._plaintext_cache  # only the newest items are worth caching
         for index, (item_id, obj) in enumerate(stored):
-            opened = self._open(obj, now, total - index, item_id if item_id >= 0 else None)
+            opened = self._open(
+                obj, now, total - index, item_id if item_id >= 0 else None, index >= cached_from
+            )
             if opened is not None:
                 items.append(opened.item)
         return items

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import os
 import threading
 
 from cryptography.fernet import Fernet
@@ -40,9 +41,9 @@ def _b64decode(token: str) -> bytes | None:
 
 
 class FernetKey:
-    """One 32-byte Fernet key: seals through ``Fernet``, opens through a reused AES context."""
+    """One 32-byte Fernet key, sealing and opening through long-lived AES streams."""
 
-    __slots__ = ("_lock", "_signing", "_stream", "fernet")
+    __slots__ = ("_chain", "_lock", "_sealer", "_signing", "_stream", "fernet")
 
     def __init__(self, raw32: bytes) -> None:
         if len(raw32) != 32:
@@ -52,7 +53,25 @@ class FernetKey:
         # One CBC stream for every token: fed "IV || ciphertext", its first output block is
         # chained to the previous token and thrown away; the rest is chained to this IV.
         self._stream = Cipher(algorithms.AES(raw32[16:]), modes.CBC(bytes(_BLOCK))).decryptor()
+        # Sealing uses one CBC encryption stream the same way: the first plaintext block is
+        # pre-XORed with the stream's last ciphertext block, so the token chains from its IV.
+        self._sealer = Cipher(algorithms.AES(raw32[16:]), modes.CBC(bytes(_BLOCK))).encryptor()
+        self._chain = bytes(_BLOCK)
         self._lock = threading.Lock()  # keyrings, and so keys, may be shared across threads
+
+    def seal(self, data: bytes, sealed_at: int) -> str:
+        """A Fernet token of ``data`` stamped ``sealed_at``, as Fernet.encrypt_at_time makes."""
+        iv = os.urandom(_BLOCK)
+        pad = _BLOCK - len(data) % _BLOCK
+        padded = data + bytes((pad,)) * pad
+        with self._lock:
+            first = int.from_bytes(padded[:_BLOCK], "big") ^ int.from_bytes(iv, "big")
+            first ^= int.from_bytes(self._chain, "big")
+            ciphertext = self._sealer.update(first.to_bytes(_BLOCK, "big") + padded[_BLOCK:])
+            self._chain = ciphertext[-_BLOCK:]
+        signed = b"\x80" + sealed_at.to_bytes(8, "big") + iv + ciphertext
+        mac = hmac.digest(self._signing, signed, "sha256")
+        return base64.urlsafe_b64encode(signed + mac).decode("ascii")
 
     def open(self, token: str) -> tuple[bytes, int] | None:
         """(plaintext, seal time) if the token is authentic under this key, else None."""

@@ -124,7 +124,7 @@ def test_passphrase_keyring_round_trips_and_names_its_parameters() -> None:
     assert ring.primary_kid.startswith("scrypt.n14.r8.p1.")
     item = {"role": "user", "content": "hi"}
     sealed = seal(
-        ring.session_fernet(ring.primary_kid, "s"),
+        ring.session_key(ring.primary_kid, "s"),
         ring.primary_kid,
         item,
         '{"role":"user","content":"hi"}',
@@ -156,6 +156,6 @@ def test_seal_then_open_round_trips(item: dict[str, object], sealed_at: int) -> 
     from encmem.items import encode_item
 
     ring = Keyring({"k": TEST_KEY})
-    envelope = seal(ring.session_fernet("k", "s"), "k", item, encode_item(item), sealed_at)  # type: ignore[arg-type]
+    envelope = seal(ring.session_key("k", "s"), "k", item, encode_item(item), sealed_at)  # type: ignore[arg-type]
     opened = open_envelope(envelope, ring, "s")
     assert opened.item == item and opened.sealed_at == sealed_at and opened.kid == "k"

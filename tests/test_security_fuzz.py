@@ -85,7 +85,7 @@ def _token(fernet_session: str = SESSION, kid: str = "main", plaintext: bytes = 
 
 GOOD_ITEM = {"role": "user", "content": "fuzz me"}
 GOOD = seal(
-    KEYRING.session_fernet("main", SESSION),  # type: ignore[arg-type]
+    KEYRING.session_key("main", SESSION),  # type: ignore[arg-type]
     "main",
     GOOD_ITEM,
     encode_item(GOOD_ITEM),
@@ -205,7 +205,7 @@ def test_fuzz_authentic_items_round_trip(
     item: dict[str, Any], counters: dict[str, Counter]
 ) -> None:
     counter = _counter(counters, "authentic-items")
-    fernet = KEYRING.session_fernet("main", SESSION)
+    fernet = KEYRING.session_key("main", SESSION)
     assert fernet is not None
     envelope = seal(fernet, "main", item, encode_item(item), 1_800_000_000)
     opened = counter.feed(json.loads(json.dumps(envelope)))

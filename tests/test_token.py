@@ -89,3 +89,13 @@ def test_one_key_opens_correctly_from_many_threads() -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert sum(pool.map(check, range(200))) == 200 * len(tokens)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plaintext=st.binary(max_size=600), sealed_at=st.integers(min_value=0, max_value=2**40))
+def test_tokens_encmem_seals_are_fernet_tokens(plaintext: bytes, sealed_at: int) -> None:
+    token = KEY.seal(plaintext, sealed_at)
+    assert FERNET.decrypt(token) == plaintext
+    assert FERNET.extract_timestamp(token) == sealed_at
+    assert KEY.open(token) == (plaintext, sealed_at)
+    assert KEY.seal(plaintext, sealed_at) != token  # a fresh IV every time
