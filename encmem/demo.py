@@ -118,8 +118,12 @@ async def run_demo(db_path: Path) -> None:
     )
     for item in live:
         print(f"   {_summary(item)}")
-    purged = len(raw_rows) - len(live)
-    print(f"\n   (the expired rows are still on disk until purged: {purged} of {len(raw_rows)})")
+    deleted = await session.purge_expired()
+    with sqlite3.connect(db_path) as conn:
+        (left,) = conn.execute("SELECT COUNT(*) FROM agent_messages").fetchone()
+    print(
+        f"\n4. purge_expired() deleted the {deleted} expired rows from the file; {left} rows left."
+    )
     await session.close()
     print(
         f"\ndone — inspect the file yourself: "
