@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from .errors import PlaintextItemError, TamperedItemError, UnknownKeyIdError
@@ -80,12 +79,18 @@ def token_timestamp(token: str) -> int:
 _scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
-def _decode_sealed(plaintext: bytes) -> Item:
+def _sealed_text(plaintext: bytes) -> str:
+    try:
+        return plaintext.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TamperedItemError("the sealed content is not UTF-8 text") from None
+
+
+def _decode_sealed(text: str) -> Item:
     """The item inside an authenticated token: exactly one JSON object, nothing around it."""
     try:
-        text = plaintext.decode("utf-8")
         value, end = _scan_json(text, 0)
-    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+    except (StopIteration, ValueError, RecursionError):
         value, end = None, -1
     if not isinstance(value, dict) or end != len(text):
         raise TamperedItemError("the sealed content is not a JSON object")
@@ -109,9 +114,10 @@ def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
 class Opener:
     """Opens the envelopes of one session, caching per-kid keys and recent plaintexts.
 
-    The plaintext cache (``cache_size`` entries, 0 to disable) is keyed by the token: a token
-    is only ever cached after its HMAC was verified under the kid it is filed with, so a hit
-    skips the decryption but never the clear-field check. It holds decrypted JSON in process
+    The plaintext cache (``cache_size`` entries, oldest out first, 0 to disable) is keyed
+    by the token. An entry is made only after the token's HMAC and the clear fields were
+    verified, and a hit requires the stored envelope to equal, field for field, the one that
+    was verified then; so a hit skips only the decryption. It holds decrypted JSON in process
     memory, which is why its size is the caller's choice.
     """
 
@@ -121,7 +127,7 @@ class Opener:
         self.keyring = keyring
         self.session_id = session_id
         self._keys: dict[str, FernetKey | None] = {}
-        self._cache: OrderedDict[str, tuple[dict[str, Any], bytes, int]] = OrderedDict()
+        self._cache: dict[str, tuple[dict[str, Any], str, int]] = {}
         self._cache_size = cache_size
 
     def _key(self, kid: str) -> FernetKey | None:
@@ -155,9 +161,8 @@ class Opener:
         cached = self._cache.get(token) if self._cache_size else None
         if cached is not None and cached[0] == obj:
             # The very envelope that was verified before: same token, kid and clear fields.
-            self._cache.move_to_end(token)
-            item = _decode_sealed(cached[1])
-            return Opened(item, cached[2], kid, FORMAT_VERSION)
+            # Its JSON text was checked then; each hit parses a fresh copy for the caller.
+            return Opened(_scan_json(cached[1], 0)[0], cached[2], kid, FORMAT_VERSION)
         key = self._key(kid)
         if key is None:
             raise UnknownKeyIdError(
@@ -172,12 +177,13 @@ class Opener:
                 "id, an item moved from another session, or an edited token)"
             )
         plaintext, sealed_at = opened
-        item = _decode_sealed(plaintext)
+        text = _sealed_text(plaintext)
+        item = _decode_sealed(text)
         _check_clear_fields(obj, item)
         if self._cache_size and remember:
-            self._cache[token] = (dict(obj), plaintext, sealed_at)
+            self._cache[token] = (dict(obj), text, sealed_at)
             if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+                del self._cache[next(iter(self._cache))]  # the oldest entry
         return Opened(item, sealed_at, kid, FORMAT_VERSION)
 
     def _open_sdk(self, token: str) -> Opened:

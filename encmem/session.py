@@ -134,6 +134,10 @@ class EncryptedSession:
         self.max_scan_items = max_scan_items
         self.on_invalid: OnInvalid = on_invalid
         self.clock = clock
+        # A runtime Protocol check walks every attribute: do it once, here.
+        self._addressable: ItemAddressing | None = (
+            underlying_session if isinstance(underlying_session, ItemAddressing) else None
+        )
         self._forward_wrapper = all(
             _accepts(getattr(underlying_session, name), "wrapper") for name in _HISTORY_METHODS
         )
@@ -186,8 +190,7 @@ class EncryptedSession:
         return {"wrapper": wrapper} if wrapper is not None and self._forward_wrapper else {}
 
     def _addressing(self) -> ItemAddressing | None:
-        underlying = self.underlying_session
-        return underlying if isinstance(underlying, ItemAddressing) else None
+        return self._addressable
 
     def close(self) -> Any:
         """Close the wrapped session if it can be closed (returns what its close returns)."""
