@@ -17,11 +17,14 @@ def decode_rows(rows: Sequence[Any], session_id: str, logger: logging.Logger) ->
     for row_id, data in reversed(rows):
         item = decode_item(data)
         if item is None:
-            logger.warning(
-                "skipped a stored row that is not a JSON object (session %r, id %d)",
-                session_id,
-                row_id,
-            )
+            report_bad_row(logger, "skipped", session_id, row_id)
             continue
         decoded.append(StoredItem(int(row_id), item))
     return decoded
+
+
+def report_bad_row(logger: logging.Logger, what: str, session_id: str, row_id: int) -> None:
+    """Say that a row which is not a JSON object was skipped or dropped; never its content."""
+    logger.warning(
+        "%s a stored row that is not a JSON object (session %r, id %d)", what, session_id, row_id
+    )

@@ -61,7 +61,7 @@ from encmem.protocol import StoredItem
 from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from ._identifiers import check_table_name
-from ._rows import decode_rows
+from ._rows import decode_rows, report_bad_row
 
 logger = logging.getLogger("encmem.backends.sqlalchemy")
 
@@ -546,11 +546,7 @@ class SQLAlchemySession:
                 item = decode_item(row[1])
                 if item is not None:
                     return item
-                logger.warning(
-                    "dropped a stored row that is not a JSON object (session %r, id %d)",
-                    self.session_id,
-                    row[0],
-                )
+                report_bad_row(logger, "dropped", self.session_id, row[0])
 
     async def clear_session(self) -> None:
         """Delete every item of the session and its session row."""

@@ -21,7 +21,7 @@ from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
-from ._rows import decode_rows
+from ._rows import decode_rows, report_bad_row
 
 logger = logging.getLogger("encmem.backends.sqlite")
 
@@ -222,11 +222,7 @@ class SQLiteSession:
                 item = decode_item(row[1])
                 if item is not None:
                     return item
-                logger.warning(
-                    "dropped a stored row that is not a JSON object (session %r, id %d)",
-                    self.session_id,
-                    row[0],
-                )
+                report_bad_row(logger, "dropped", self.session_id, row[0])
 
         result: Item | None = await self._write(pop)
         return result

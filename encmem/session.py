@@ -514,6 +514,13 @@ class EncryptedSession:
 
     # -- key lifecycle and retention ----------------------------------------------------------
 
+    async def _maintain(self, job: Any, batch_size: int, progress: Any, dry_run: bool) -> Any:
+        """Run a maintenance pass; afterwards no cached plaintext of the old state remains."""
+        try:
+            return await job(self, batch_size=batch_size, progress=progress, dry_run=dry_run)
+        finally:
+            self._forget_plaintexts()
+
     async def rotate_keys(
         self,
         *,
@@ -528,11 +535,10 @@ class EncryptedSession:
         """
         from .maintenance import rotate
 
-        try:
-            result = await rotate(self, batch_size=batch_size, progress=progress, dry_run=dry_run)
-        finally:
-            self._forget_plaintexts()
-        return result.as_dict()
+        result: dict[str, int] = (
+            await self._maintain(rotate, batch_size, progress, dry_run)
+        ).as_dict()
+        return result
 
     async def purge_expired(
         self,
@@ -544,10 +550,8 @@ class EncryptedSession:
         """Delete expired items from storage for real; return how many were deleted."""
         from .maintenance import purge_expired
 
-        result = await purge_expired(
-            self, batch_size=batch_size, progress=progress, dry_run=dry_run
-        )
-        return result.changed
+        deleted: int = (await self._maintain(purge_expired, batch_size, progress, dry_run)).changed
+        return deleted
 
     async def encrypt_existing(
         self,
@@ -559,7 +563,7 @@ class EncryptedSession:
         """Seal plaintext items and upgrade the SDK's v1 envelopes in place, keeping order."""
         from .maintenance import encrypt_existing
 
-        result = await encrypt_existing(
-            self, batch_size=batch_size, progress=progress, dry_run=dry_run
-        )
-        return result.as_dict()
+        result: dict[str, int] = (
+            await self._maintain(encrypt_existing, batch_size, progress, dry_run)
+        ).as_dict()
+        return result

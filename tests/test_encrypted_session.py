@@ -505,3 +505,22 @@ async def test_generic_skip_pop_says_so_when_it_cannot_restore() -> None:
     with pytest.raises(DecryptionError, match="could not put them back") as info:
         await skipping.pop_item()
     assert info.value.items[0]["__enc__"] == 1  # type: ignore[attr-defined]
+
+
+async def test_no_decrypted_item_outlives_clear_purge_or_rotation_in_memory(db: Path) -> None:
+    clock = Clock()
+    session = encrypted(db, ttl=60, clock=clock)
+    await session.add_items([{"role": "user", "content": CANARY}])
+
+    def cached() -> int:
+        return len(session._opener._cache)  # the plaintext cache, see SECURITY.md
+
+    for action in (session.purge_expired, session.rotate_keys, session.clear_session):
+        await session.get_items()
+        assert cached() == 1
+        await action()
+        assert cached() == 0
+    off = encrypted(db, plaintext_cache=0)
+    await off.add_items([{"role": "user", "content": "x"}])
+    await off.get_items()
+    assert len(off._opener._cache) == 0
