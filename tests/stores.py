@@ -63,12 +63,17 @@ class SQLiteStore(Store):
         return SQLiteSession(session_id, self.path, **kwargs)
 
     def raw_messages(self, session_id: str) -> list[str]:
-        with sqlite3.connect(self.path) as conn:
-            rows = conn.execute(
-                "SELECT message_data FROM agent_messages WHERE session_id = ? ORDER BY id",
-                (session_id,),
-            ).fetchall()
-        return [row[0] for row in rows]
+        return sqlite_raw_messages(self.path, session_id)
+
+
+def sqlite_raw_messages(path: Path, session_id: str) -> list[str]:
+    """The stored JSON text of a session's items in a SQLite file, read around the API."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT message_data FROM agent_messages WHERE session_id = ? ORDER BY id",
+            (session_id,),
+        ).fetchall()
+    return [row[0] for row in rows]
 
 
 class EncryptedStore(Store):

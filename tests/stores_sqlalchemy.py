@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from encmem.backends.sqlalchemy import SQLAlchemySession
 
 from .pg import drop_tables, pg_url, run_sync, unique_tables
-from .stores import Store
+from .stores import Store, sqlite_raw_messages
 
 
 class SQLAlchemySQLiteStore(Store):
@@ -27,12 +26,7 @@ class SQLAlchemySQLiteStore(Store):
         return SQLAlchemySession.from_url(session_id, url=self.url, create_tables=True, **kwargs)
 
     def raw_messages(self, session_id: str) -> list[str]:
-        with sqlite3.connect(self.path) as conn:
-            rows = conn.execute(
-                "SELECT message_data FROM agent_messages WHERE session_id = ? ORDER BY id",
-                (session_id,),
-            ).fetchall()
-        return [row[0] for row in rows]
+        return sqlite_raw_messages(self.path, session_id)
 
 
 class SQLAlchemyPostgresStore(Store):
