@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from encmem.items import Item, decode_item
+from encmem.items import CorruptRow, Item, decode_stored
 from encmem.protocol import StoredItem, TurnRow
 
 from . import _advanced_items as items
 from ._advanced_schema import BRANCHES, STRUCTURE, USAGE
+from ._rows import plain_item
 
 logger = logging.getLogger("encmem.backends.advanced_sqlite")
 
@@ -245,15 +246,7 @@ def select_tail(
         want = -1 if limit is None else limit - len(found)
         rows = conn.execute(statement, (scope.session_id, branch, bound, want)).fetchall()
         for message_id, data, _sequence in rows:
-            item = decode_item(data)
-            if item is None:
-                logger.warning(
-                    "skipped a stored row that is not a JSON object (session %r, id %d)",
-                    scope.session_id,
-                    message_id,
-                )
-                continue
-            found.append(StoredItem(int(message_id), item))
+            found.append(StoredItem(int(message_id), decode_stored(data)))
         if limit is None or len(found) >= limit or len(rows) < want:
             found.reverse()
             return found
@@ -283,30 +276,24 @@ def drop_empty_turn_usage(
 
 def pop_newest(conn: sqlite3.Connection, scope: Scope, branch: str) -> Item | None:
     """Remove the newest item of ``branch`` (and the message if no other branch has it)."""
-    while True:
-        claimed = conn.execute(
-            f"""DELETE FROM {STRUCTURE} WHERE id = (
-                    SELECT id FROM {STRUCTURE} WHERE session_id = ? AND branch_id = ?
-                    ORDER BY sequence_number DESC LIMIT 1)
-                RETURNING message_id, user_turn_number""",
-            (scope.session_id, branch),
-        ).fetchone()
-        if claimed is None:
-            return None
-        message_id, turn = claimed
-        data = conn.execute(
-            f"SELECT message_data FROM {scope.messages} WHERE id = ?", (message_id,)
-        ).fetchone()
-        drop_unused_messages(conn, scope, [message_id])
-        drop_empty_turn_usage(conn, scope, branch, [turn])
-        item = decode_item(data[0]) if data is not None else None
-        if item is not None:
-            return item
-        logger.warning(
-            "dropped a stored row that is not a JSON object (session %r, id %d)",
-            scope.session_id,
-            message_id,
-        )
+    claimed = conn.execute(
+        f"""DELETE FROM {STRUCTURE} WHERE id = (
+                SELECT id FROM {STRUCTURE} WHERE session_id = ? AND branch_id = ?
+                ORDER BY sequence_number DESC LIMIT 1)
+            RETURNING message_id, user_turn_number""",
+        (scope.session_id, branch),
+    ).fetchone()
+    if claimed is None:
+        return None
+    message_id, turn = claimed
+    data = conn.execute(
+        f"SELECT message_data FROM {scope.messages} WHERE id = ?", (message_id,)
+    ).fetchone()
+    drop_unused_messages(conn, scope, [message_id])
+    drop_empty_turn_usage(conn, scope, branch, [turn])
+    value = CorruptRow("its message row is missing") if data is None else decode_stored(data[0])
+    # A row holding no item raises here, which rolls the pop back.
+    return plain_item(scope.session_id, message_id, value)
 
 
 def delete_items(conn: sqlite3.Connection, scope: Scope, branch: str, ids: Sequence[int]) -> int:
@@ -353,18 +340,10 @@ def user_turn_rows(conn: sqlite3.Connection, scope: Scope, branch: str) -> list[
             ORDER BY s.sequence_number""",
         (scope.session_id, branch),
     ).fetchall()
-    found: list[TurnRow] = []
-    for turn, created, data, message_id in rows:
-        item = decode_item(data)
-        if item is None:
-            logger.warning(
-                "skipped a user turn whose row is not a JSON object (session %r, id %d)",
-                scope.session_id,
-                message_id,
-            )
-            continue
-        found.append(TurnRow(turn, created, item))
-    return found
+    return [
+        TurnRow(turn, created, decode_stored(data), int(message_id))
+        for turn, created, data, message_id in rows
+    ]
 
 
 def conversation_by_turns(

@@ -1,4 +1,5 @@
-"""Validation of the table names that backends interpolate into SQL."""
+"""Validation of the table names that backends interpolate into SQL, and quoting of the
+names read back from a database (which may be anything)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,8 @@ def check_table_name(name: object, parameter: str) -> str:
             f"digits or '_'), got {name!r}"
         )
     return name
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier, with its own quotes doubled."""
+    return '"' + name.replace('"', '""') + '"'

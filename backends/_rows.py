@@ -1,30 +1,44 @@
-"""Decoding stored (id, JSON text) rows, shared by the SQL backends."""
+"""Decoding stored (id, JSON text) rows, shared by the SQL backends.
+
+A row that is not one JSON object with unique keys is never dropped quietly: readers that
+return plain items raise :class:`~encmem.errors.CorruptRowError` naming the row, and the
+addressed reads hand it on as a :class:`~encmem.items.CorruptRow` for the decorator to
+refuse or, when told to, skip with a warning.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from encmem.items import decode_item
+from encmem.errors import CorruptRowError
+from encmem.items import CorruptRow, Item, decode_stored
 from encmem.protocol import StoredItem
 
 
-def decode_rows(rows: Sequence[Any], session_id: str, logger: logging.Logger) -> list[StoredItem]:
-    """Newest-first (id, json) rows in, oldest-first items out; rows that are not JSON objects
-    are skipped with a warning naming the row, never its content."""
-    decoded: list[StoredItem] = []
-    for row_id, data in reversed(rows):
-        item = decode_item(data)
-        if item is None:
-            report_bad_row(logger, "skipped", session_id, row_id)
-            continue
-        decoded.append(StoredItem(int(row_id), item))
-    return decoded
+def decode_rows(rows: Sequence[Any]) -> list[StoredItem]:
+    """Newest-first (id, json) rows in, oldest-first stored items out."""
+    return [StoredItem(int(row_id), decode_stored(data)) for row_id, data in reversed(rows)]
 
 
-def report_bad_row(logger: logging.Logger, what: str, session_id: str, row_id: int) -> None:
-    """Say that a row which is not a JSON object was skipped or dropped; never its content."""
-    logger.warning(
-        "%s a stored row that is not a JSON object (session %r, id %d)", what, session_id, row_id
+def corrupt_row_error(session_id: str, row_id: int, row: CorruptRow) -> CorruptRowError:
+    """The error for a row that holds no item: where it is and why, never its content."""
+    return CorruptRowError(
+        f"stored row {row_id} of session {session_id!r} cannot be read ({row.reason}); "
+        "it was left in place: run `encmem verify` to list such rows, then delete or "
+        "restore them",
+        session_id=session_id,
+        item_id=row_id,
     )
+
+
+def plain_item(session_id: str, row_id: int, value: Item | CorruptRow) -> Item:
+    """The item of a row, or CorruptRowError when the row holds none."""
+    if isinstance(value, CorruptRow):
+        raise corrupt_row_error(session_id, row_id, value)
+    return value
+
+
+def plain_items(session_id: str, stored: Iterable[StoredItem]) -> list[Item]:
+    """The items of stored rows, in order; CorruptRowError at the first row that holds none."""
+    return [plain_item(session_id, row_id, value) for row_id, value in stored]

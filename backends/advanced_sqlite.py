@@ -28,6 +28,7 @@ from . import _advanced_items as advanced_items
 from . import _advanced_queries as queries
 from . import _advanced_schema as schema
 from ._advanced_queries import MAIN, BranchError, Scope
+from ._rows import plain_item, plain_items
 from .sqlite import SQLiteSession
 
 __all__ = ["AdvancedSQLiteSession", "BranchError"]
@@ -134,7 +135,7 @@ class AdvancedSQLiteSession(SQLiteSession):
 
     async def get_items(self, limit: int | None = None, branch_id: str | None = None) -> list[Item]:
         """Items of the current branch (or ``branch_id``), oldest first; the newest ``limit``."""
-        return [s.item for s in await self.get_stored_items(limit, branch_id=branch_id)]
+        return plain_items(self.session_id, await self.get_stored_items(limit, branch_id=branch_id))
 
     async def pop_item(self) -> Item | None:
         """Remove and return the newest item of the current branch (None when it is empty)."""
@@ -207,17 +208,20 @@ class AdvancedSQLiteSession(SQLiteSession):
 
     # -- content-aware queries (shared with EncryptedSession through encmem.turns) --------
 
+    def _plain_turns(self, rows: list[TurnRow]) -> list[tuple[TurnRow, Item]]:
+        return [(row, plain_item(self.session_id, row.message_id, row.item)) for row in rows]
+
     async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:
         """User turns with a 100-character preview, for choosing where to branch."""
         rows = await self.get_user_turn_items(branch_id)
-        return turns.conversation_turns((row, row.item) for row in rows)
+        return turns.conversation_turns(self._plain_turns(rows))
 
     async def find_turns_by_content(
         self, search_term: str, branch_id: str | None = None
     ) -> list[dict[str, Any]]:
         """User turns whose text contains ``search_term`` (literal, case-insensitive)."""
         rows = await self.get_user_turn_items(branch_id)
-        return turns.find_turns(((row, row.item) for row in rows), search_term)
+        return turns.find_turns(self._plain_turns(rows), search_term)
 
     async def create_branch_from_content(
         self, search_term: str, branch_name: str | None = None

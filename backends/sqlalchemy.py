@@ -56,12 +56,12 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from sqlalchemy.sql.expression import BindParameter, Executable
 
 from encmem.errors import MissingTablesError, SessionClosedError
-from encmem.items import Item, check_session_id, decode_item, encode_item, encode_items
+from encmem.items import Item, check_session_id, decode_stored, encode_item, encode_items
 from encmem.protocol import StoredItem
 from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from ._identifiers import check_table_name
-from ._rows import decode_rows, report_bad_row
+from ._rows import decode_rows, plain_item, plain_items
 
 logger = logging.getLogger("encmem.backends.sqlalchemy")
 
@@ -467,7 +467,7 @@ class SQLAlchemySession:
     # -- rows -----------------------------------------------------------------------------
 
     def _decode_rows(self, rows: Sequence[Any]) -> list[StoredItem]:
-        return decode_rows(rows, self.session_id, logger)
+        return decode_rows(rows)
 
     async def _select_tail(
         self, conn: AsyncConnection, limit: int | None, before_id: int | None
@@ -509,7 +509,7 @@ class SQLAlchemySession:
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
         """The session's items, oldest first; with ``limit``, the newest ``limit`` of them."""
-        return [stored.item for stored in await self.get_stored_items(limit)]
+        return plain_items(self.session_id, await self.get_stored_items(limit))
 
     async def add_items(self, items: list[Any]) -> None:
         """Append items in one transaction; nothing is written if any item is invalid."""
@@ -534,19 +534,16 @@ class SQLAlchemySession:
         params = {"sid": self.session_id}
         async with self._transaction(write=True) as conn:
             await self._claim_session(conn)
-            while True:
-                if self._engine.dialect.delete_returning:
-                    row = (await conn.execute(self._pop_returning, params)).first()
-                else:
-                    row = (await conn.execute(self._select_tail_for_update, params)).first()
-                    if row is not None:
-                        await conn.execute(self._delete_message, {"mid": row[0]})
-                if row is None:
-                    return None
-                item = decode_item(row[1])
-                if item is not None:
-                    return item
-                report_bad_row(logger, "dropped", self.session_id, row[0])
+            if self._engine.dialect.delete_returning:
+                row = (await conn.execute(self._pop_returning, params)).first()
+            else:
+                row = (await conn.execute(self._select_tail_for_update, params)).first()
+                if row is not None:
+                    await conn.execute(self._delete_message, {"mid": row[0]})
+            if row is None:
+                return None
+            # A row holding no item raises here, which rolls the delete back.
+            return plain_item(self.session_id, row[0], decode_stored(row[1]))
 
     async def clear_session(self) -> None:
         """Delete every item of the session and its session row."""

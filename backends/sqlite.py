@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from encmem.errors import SessionClosedError
-from encmem.items import Item, check_session_id, decode_item, encode_item, encode_items
+from encmem.items import Item, check_session_id, decode_stored, encode_item, encode_items
 from encmem.protocol import StoredItem
 from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
-from ._rows import decode_rows, report_bad_row
+from ._rows import decode_rows, plain_item, plain_items
 
 logger = logging.getLogger("encmem.backends.sqlite")
 
@@ -142,7 +142,7 @@ class SQLiteSession:
     # -- rows -----------------------------------------------------------------------------
 
     def _decode_rows(self, rows: list[tuple[int, str]]) -> list[StoredItem]:
-        return decode_rows(rows, self.session_id, logger)
+        return decode_rows(rows)
 
     def _select_tail(
         self, conn: sqlite3.Connection, limit: int | None, before_id: int | None
@@ -195,7 +195,7 @@ class SQLiteSession:
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
         """The session's items, oldest first; with ``limit``, the newest ``limit`` of them."""
-        return [stored.item for stored in await self.get_stored_items(limit)]
+        return plain_items(self.session_id, await self.get_stored_items(limit))
 
     async def add_items(self, items: list[Any]) -> None:
         """Append items in one transaction; nothing is written if any item is invalid."""
@@ -211,18 +211,15 @@ class SQLiteSession:
         m = self.messages_table
 
         def pop(conn: sqlite3.Connection) -> Item | None:
-            while True:
-                row = conn.execute(
-                    f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ? "
-                    "ORDER BY id DESC LIMIT 1) RETURNING id, message_data",
-                    (self.session_id,),
-                ).fetchone()
-                if row is None:
-                    return None
-                item = decode_item(row[1])
-                if item is not None:
-                    return item
-                report_bad_row(logger, "dropped", self.session_id, row[0])
+            row = conn.execute(
+                f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ? "
+                "ORDER BY id DESC LIMIT 1) RETURNING id, message_data",
+                (self.session_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            # A row holding no item raises here, which rolls the delete back.
+            return plain_item(self.session_id, row[0], decode_stored(row[1]))
 
         result: Item | None = await self._write(pop)
         return result

@@ -15,7 +15,7 @@ from encmem.errors import NotASessionStoreError
 from encmem.protocol import SessionStore
 
 from . import _sqlite_connection as connections
-from ._identifiers import check_table_name
+from ._identifiers import check_table_name, quote_identifier
 from .sqlite import SQLiteSession
 
 _URL_SCHEMES = ("sqlite+", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
@@ -27,7 +27,9 @@ def _session_tables(conn: sqlite3.Connection) -> list[str]:
     return [
         name
         for name in names
-        if any(col[1] == "session_id" for col in conn.execute(f'PRAGMA table_info("{name}")'))
+        if conn.execute(
+            "SELECT 1 FROM pragma_table_info(?) WHERE name = 'session_id'", (name,)
+        ).fetchone()
     ]
 
 
@@ -130,7 +132,8 @@ class SQLiteSessionStore:
                 ordered = sorted(tables, key=lambda t: t == self.sessions_table)
                 for table in ordered:
                     cursor = conn.execute(
-                        f'DELETE FROM "{table}" WHERE session_id = ?', (session_id,)
+                        f"DELETE FROM {quote_identifier(table)} WHERE session_id = ?",
+                        (session_id,),
                     )
                     removed += max(cursor.rowcount, 0)
                 conn.execute("COMMIT")

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from . import maintenance
 from .envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
 from .errors import DecryptionError, EncmemError, InvalidKeyError, TamperedItemError
+from .items import CorruptRow
 from .keys import Keyring
 from .progress import ProgressBar
 from .protocol import SessionStore
@@ -102,6 +103,9 @@ async def inspect_store(
                 continue
             seen.add(item_id)
             counts["items"] += 1
+            if isinstance(obj, CorruptRow):
+                counts["unreadable"] += 1
+                continue
             if not is_envelope(obj):
                 counts["plaintext"] += 1
                 continue
@@ -162,6 +166,9 @@ async def verify_store(
             seen.add(item_id)
             checked += 1
             place = {"session_id": session_id, "branch_id": branch, "storage_id": item_id}
+            if isinstance(obj, CorruptRow):
+                problems.append({**place, "problem": f"corrupt-row ({obj.reason})"})
+                continue
             if not is_envelope(obj):
                 problems.append({**place, "problem": "plaintext"})
                 continue

@@ -15,10 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .errors import PlaintextItemError, TamperedItemError, UnknownKeyIdError
-from .items import Item, decode_item
+from .errors import CorruptRowError, PlaintextItemError, TamperedItemError, UnknownKeyIdError
+from .items import CorruptRow, Item, decode_item
 from .keys import SDK_KID, Keyring
 from .token import FernetKey
 
@@ -27,6 +29,8 @@ SDK_FORMAT_VERSION = 1
 CLEAR_FIELDS = ("role", "type", "name", "namespace", "server_label")
 _ENVELOPE_KEYS = frozenset(("__enc__", "v", "kid", "payload"))
 _CLEAR_SET = frozenset(CLEAR_FIELDS)
+MAX_CLOCK_SKEW = 60
+"""Seconds a seal time may lie ahead of the reader's clock (Fernet's own allowance)."""
 
 
 class Opened(NamedTuple):
@@ -111,6 +115,14 @@ def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
             raise TamperedItemError("the envelope's clear fields do not match its sealed content")
 
 
+def _check_seal_time(sealed_at: int, now: float) -> None:
+    if sealed_at > now + MAX_CLOCK_SKEW:
+        raise TamperedItemError(
+            f"the item's seal time is {int(sealed_at - now)} s ahead of this reader's clock, "
+            f"more than the {MAX_CLOCK_SKEW} s allowed; fix the clock of the writer or reader"
+        )
+
+
 class Opener:
     """Opens the envelopes of one session, caching per-kid keys and recent plaintexts.
 
@@ -121,14 +133,28 @@ class Opener:
     memory, which is why its size is the caller's choice.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_keys", "keyring", "session_id")
+    __slots__ = ("_cache", "_cache_size", "_clock", "_keys", "keyring", "session_id")
 
-    def __init__(self, keyring: Keyring, session_id: str, cache_size: int = 0) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        session_id: str,
+        cache_size: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.keyring = keyring
         self.session_id = session_id
         self._keys: dict[str, FernetKey | None] = {}
         self._cache: dict[str, tuple[dict[str, Any], str, int]] = {}
         self._cache_size = cache_size
+        self._clock = clock
+
+    def forget(self, obj: object) -> None:
+        """Drop the cached plaintext of ``obj`` (an item that left the store)."""
+        if self._cache and isinstance(obj, dict):
+            token = obj.get("payload")
+            if isinstance(token, str):
+                self._cache.pop(token, None)
 
     def _key(self, kid: str) -> FernetKey | None:
         try:
@@ -140,9 +166,17 @@ class Opener:
     def open(self, obj: object, remember: bool = True) -> Opened:
         """Authenticate and decrypt one stored object; raise a DecryptionError subclass if not.
 
-        Expiry is not decided here: the caller compares ``sealed_at`` with its TTL. With
-        ``remember=False`` the plaintext is not cached (a long read would only churn it).
+        Expiry is not decided here: the caller compares ``sealed_at`` with its TTL. A seal
+        time more than ``MAX_CLOCK_SKEW`` seconds ahead of the clock is refused as tampered.
+        With ``remember=False`` the plaintext is not cached (a long read would only churn it).
         """
+        opened = self._open(obj, remember)
+        _check_seal_time(opened.sealed_at, self._clock())
+        return opened
+
+    def _open(self, obj: object, remember: bool) -> Opened:
+        if isinstance(obj, CorruptRow):
+            raise CorruptRowError(f"a stored row cannot be read: {obj.reason}")
         if not is_envelope(obj):
             raise PlaintextItemError("a plaintext item was found where an encrypted one belongs")
         assert isinstance(obj, dict)
@@ -154,6 +188,10 @@ class Opener:
         if version == FORMAT_VERSION:
             return self._open_v2(obj, token, kid, remember)
         if version == SDK_FORMAT_VERSION and kid == SDK_KID:
+            if obj.keys() != _ENVELOPE_KEYS:
+                raise TamperedItemError(
+                    "an Agents SDK (v1) envelope has fields the SDK never writes"
+                )
             return self._open_sdk(token)
         raise TamperedItemError(f"unknown envelope format v={version!r} kid={kid!r}")
 
@@ -198,6 +236,8 @@ class Opener:
         )
 
 
-def open_envelope(obj: object, keyring: Keyring, session_id: str) -> Opened:
+def open_envelope(
+    obj: object, keyring: Keyring, session_id: str, clock: Callable[[], float] = time.time
+) -> Opened:
     """Authenticate and decrypt one stored object (see :meth:`Opener.open`)."""
-    return Opener(keyring, session_id).open(obj)
+    return Opener(keyring, session_id, clock=clock).open(obj)

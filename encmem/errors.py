@@ -53,6 +53,10 @@ class PlaintextItemError(DecryptionError):
     """A plaintext item was found where an encrypted envelope was expected."""
 
 
+class CorruptRowError(DecryptionError):
+    """A stored row is not one JSON object with unique keys, so no item can be read from it."""
+
+
 class UnsupportedOperation(EncmemError, NotImplementedError):
     """The wrapped session lacks a capability the operation needs."""
 

@@ -15,7 +15,21 @@ from .errors import InvalidItemError
 Item = dict[str, Any]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_decoder = json.JSONDecoder()
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Readers disagree on such an object (Python keeps the last key, SQLite the first).
+        raise _DuplicateKey("an object has the same key twice")
+    return obj
+
+
+_decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -74,13 +88,43 @@ def encode_items(items: Sequence[object]) -> list[str]:
     return [encode_item(item, index) for index, item in enumerate(items)]
 
 
-def decode_item(text: str | bytes) -> Item | None:
-    """Parse stored JSON text; None when it is not a JSON object."""
+class CorruptRow:
+    """A stored row that is not one JSON object with unique keys.
+
+    Backends hand it on in place of the item instead of skipping the row, so that a reader
+    can refuse it (or, when told to, skip it loudly): dropping it quietly would hide a
+    deletion. It carries the reason, never the row's content.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"CorruptRow({self.reason!r})"
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def decode_stored(text: str | bytes) -> Item | CorruptRow:
+    """Parse a stored row: the item, or a :class:`CorruptRow` saying why it is not one."""
     try:
         value = _decoder.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except _DuplicateKey:
+        return CorruptRow("it has a duplicate key")
     except (ValueError, TypeError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
+        return CorruptRow("it is not valid JSON")
+    if not isinstance(value, dict):
+        return CorruptRow(f"it holds a JSON {_JSON_KINDS.get(type(value), 'value')}, not an object")
+    return value
+
+
+def decode_item(text: str | bytes) -> Item | None:
+    """Parse stored JSON text; None when it is not one JSON object with unique keys."""
+    value = decode_stored(text)
+    return None if isinstance(value, CorruptRow) else value
 
 
 def check_limit(limit: object) -> int | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .envelope import FORMAT_VERSION, Opener, is_envelope, seal
 from .errors import DecryptionError
-from .items import Item, encode_item
+from .items import CorruptRow, Item, encode_item
 from .keys import KeyInput, Keyring
 from .protocol import ItemAddressing, SessionStore, StoredItem, require
 
@@ -104,7 +104,7 @@ async def _reseal(
     kid = session.keyring.primary_kid
     fernet = session.keyring.session_key(kid, session.session_id)
     assert fernet is not None
-    opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
+    opener = Opener(session.keyring, session.session_id, clock=session.clock)  # no cache
     now = int(session.clock())
     result = MaintenanceResult()
     async for _, batch in walk(source, _check_batch(batch_size)):
@@ -112,11 +112,11 @@ async def _reseal(
         for stored in batch:
             result.examined += 1
             obj = stored.item
-            action = choose(obj, kid)
+            action = "open" if isinstance(obj, CorruptRow) else choose(obj, kid)
             if action == "keep":
                 result.unchanged += 1
                 continue
-            if action == "seal":
+            if action == "seal" and not isinstance(obj, CorruptRow):
                 replacements[stored.id] = seal(fernet, kid, obj, encode_item(obj), now)
                 continue
             try:
@@ -171,7 +171,7 @@ async def purge_expired(
     """Delete from storage every item whose authenticated seal time is past the TTL."""
     source = require(session.underlying_session, ItemAddressing, "purge_expired()")
     result = MaintenanceResult()
-    opener = Opener(session.keyring, session.session_id)  # no plaintext cache for a full pass
+    opener = Opener(session.keyring, session.session_id, clock=session.clock)  # no cache
     if session.ttl is None:
         return result
     now = session.clock()

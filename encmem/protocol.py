@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .errors import UnsupportedOperation
-from .items import Item
+from .items import CorruptRow, Item
 
 
 @runtime_checkable
@@ -32,10 +32,14 @@ class Session(Protocol):
 
 
 class StoredItem(NamedTuple):
-    """An item as stored, with the backend's id for it (ids grow with insertion order)."""
+    """An item as stored, with the backend's id for it (ids grow with insertion order).
+
+    A row that holds no readable item comes as a :class:`~encmem.items.CorruptRow`, so
+    that the reader decides, loudly, what to do with it.
+    """
 
     id: int
-    item: Item
+    item: Item | CorruptRow
 
 
 @runtime_checkable
@@ -67,7 +71,8 @@ class TurnRow(NamedTuple):
 
     turn: int
     timestamp: Any
-    item: Item
+    item: Item | CorruptRow
+    message_id: int = -1
 
 
 @runtime_checkable

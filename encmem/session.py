@@ -152,10 +152,15 @@ class EncryptedSession:
     @keyring.setter
     def keyring(self, value: Keyring) -> None:
         # A new keyring starts a new opener: no cached key or plaintext outlives the old one.
-        self._opener = Opener(as_keyring(value), self.session_id, self._plaintext_cache)
+        self._opener = Opener(as_keyring(value), self.session_id, self._plaintext_cache, self._now)
+
+    def _now(self) -> float:
+        return self.clock()
 
     def _forget_plaintexts(self) -> None:
-        self._opener = Opener(self._opener.keyring, self.session_id, self._plaintext_cache)
+        self._opener = Opener(
+            self._opener.keyring, self.session_id, self._plaintext_cache, self._now
+        )
 
     def __repr__(self) -> str:
         return (
@@ -402,6 +407,7 @@ class EncryptedSession:
             if await source.delete_stored_items([item_id]) == 0:
                 before, position = None, 0  # another writer took it first; start again
                 continue
+            self._opener.forget(obj)
             if not self._expired(opened, now):
                 return opened.item
 
@@ -421,8 +427,9 @@ class EncryptedSession:
             obj = await underlying.pop_item(**kwargs)
             if obj is None:
                 return None
+            self._opener.forget(obj)
             try:
-                opened = self._opener.open(obj)
+                opened = self._opener.open(obj, remember=False)
             except DecryptionError as exc:
                 # Another writer slipped an unreadable item in between: put it back.
                 await self._restore([obj], kwargs, exc)
@@ -441,7 +448,7 @@ class EncryptedSession:
                 if obj is None:
                     return None
                 try:
-                    opened = self._opener.open(obj)
+                    opened = self._opener.open(obj, remember=False)
                 except DecryptionError as exc:
                     located = self._located(exc, len(kept) + 1, None)
                     first_error = first_error or located
@@ -451,6 +458,7 @@ class EncryptedSession:
                         located.args[0].split(". The item")[0],
                     )
                     continue
+                self._opener.forget(obj)
                 if not self._expired(opened, self.clock()):
                     return opened.item
         finally:

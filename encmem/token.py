@@ -1,92 +1,54 @@
-"""A Fernet key that opens its tokens without per-token setup.
+"""Fernet tokens, made and opened by :class:`cryptography.fernet.Fernet` and nothing else.
 
-Tokens are made by :class:`cryptography.fernet.Fernet` and are standard Fernet: version byte
-0x80, 8-byte big-endian seal time, 16-byte IV, AES-128-CBC ciphertext with PKCS7 padding, and
-an HMAC-SHA256 over all of that, in urlsafe base64. Opening follows the same spec but keeps
-one AES-CBC stream per key instead of building a context per token (the costliest step of
-``Fernet.decrypt``). The HMAC is checked, in constant time, before anything is decrypted, so
-a forged or edited token never reaches the padding check. Base64 is decoded strictly: only
-characters of the alphabet, with the padding Fernet writes.
+A :class:`FernetKey` holds one derived 32-byte key and the ``Fernet`` object built from it, so
+a session builds its ``Fernet`` once rather than per item. Sealing is ``encrypt_at_time``;
+opening is ``decrypt``, which checks the HMAC before it decrypts. The seal time is read from
+the token only after ``decrypt`` has authenticated the whole token.
+
+Tokens are also held to the one spelling Fernet writes (urlsafe base64 with its padding):
+``Fernet.decrypt`` skips characters outside the alphabet, so without this check two
+different stored strings could open to the same item.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import hmac
-import os
-import threading
+import re
 
-from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.fernet import Fernet, InvalidToken
 
-_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-_VERSION = 0x80
-_HEADER = 1 + 8 + 16  # version, time, IV
-_MAC = 32
-_BLOCK = 16
+_TOKEN_SPELLING = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 
 
-def _b64decode(token: str) -> bytes | None:
-    try:
-        raw = token.encode("ascii").translate(_URLSAFE_TO_STANDARD)
-        return binascii.a2b_base64(raw, strict_mode=True)
-    except (UnicodeEncodeError, binascii.Error, ValueError):
-        return None
-    except TypeError:  # Python 3.10: no strict mode; validate the alphabet instead
-        try:
-            return base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            return None
+def _seal_time(token: str) -> int:
+    """The seal time of a token that Fernet has already authenticated."""
+    header = base64.urlsafe_b64decode(token[:12])  # version byte, then 8 bytes of time
+    return int.from_bytes(header[1:9], "big")
 
 
 class FernetKey:
-    """One 32-byte Fernet key, sealing and opening through long-lived AES streams."""
+    """One session key: seals and opens Fernet tokens through ``cryptography``'s Fernet."""
 
-    __slots__ = ("_chain", "_lock", "_sealer", "_signing", "_stream", "fernet")
+    __slots__ = ("fernet",)
 
     def __init__(self, raw32: bytes) -> None:
         if len(raw32) != 32:
             raise ValueError("a Fernet key has 32 bytes")
         self.fernet = Fernet(base64.urlsafe_b64encode(raw32))
-        self._signing = raw32[:16]
-        # One CBC stream for every token: fed "IV || ciphertext", its first output block is
-        # chained to the previous token and thrown away; the rest is chained to this IV.
-        self._stream = Cipher(algorithms.AES(raw32[16:]), modes.CBC(bytes(_BLOCK))).decryptor()
-        # Sealing uses one CBC encryption stream the same way: the first plaintext block is
-        # pre-XORed with the stream's last ciphertext block, so the token chains from its IV.
-        self._sealer = Cipher(algorithms.AES(raw32[16:]), modes.CBC(bytes(_BLOCK))).encryptor()
-        self._chain = bytes(_BLOCK)
-        self._lock = threading.Lock()  # keyrings, and so keys, may be shared across threads
+
+    def __repr__(self) -> str:
+        return "FernetKey(<hidden>)"
 
     def seal(self, data: bytes, sealed_at: int) -> str:
-        """A Fernet token of ``data`` stamped ``sealed_at``, as Fernet.encrypt_at_time makes."""
-        iv = os.urandom(_BLOCK)
-        pad = _BLOCK - len(data) % _BLOCK
-        padded = data + bytes((pad,)) * pad
-        with self._lock:
-            first = int.from_bytes(padded[:_BLOCK], "big") ^ int.from_bytes(iv, "big")
-            first ^= int.from_bytes(self._chain, "big")
-            ciphertext = self._sealer.update(first.to_bytes(_BLOCK, "big") + padded[_BLOCK:])
-            self._chain = ciphertext[-_BLOCK:]
-        signed = b"\x80" + sealed_at.to_bytes(8, "big") + iv + ciphertext
-        mac = hmac.digest(self._signing, signed, "sha256")
-        return base64.urlsafe_b64encode(signed + mac).decode("ascii")
+        """A Fernet token of ``data`` stamped ``sealed_at`` (seconds since the epoch)."""
+        return self.fernet.encrypt_at_time(data, sealed_at).decode("ascii")
 
     def open(self, token: str) -> tuple[bytes, int] | None:
         """(plaintext, seal time) if the token is authentic under this key, else None."""
-        data = _b64decode(token)
-        if data is None or len(data) < _HEADER + _BLOCK + _MAC or data[0] != _VERSION:
+        if len(token) % 4 or not _TOKEN_SPELLING.fullmatch(token):
             return None
-        signed, mac = data[:-_MAC], data[-_MAC:]
-        if not hmac.compare_digest(hmac.digest(self._signing, signed, "sha256"), mac):
+        try:
+            plaintext = self.fernet.decrypt(token)
+        except InvalidToken:
             return None
-        chained = signed[9:]  # the IV, then the ciphertext
-        if len(chained) % _BLOCK:
-            return None
-        with self._lock:
-            padded = self._stream.update(chained)[_BLOCK:]
-        pad = padded[-1]
-        if not 1 <= pad <= _BLOCK or padded[-pad:] != bytes((pad,)) * pad:
-            return None
-        return padded[:-pad], int.from_bytes(data[1:9], "big")
+        return plaintext, _seal_time(token)

@@ -318,7 +318,7 @@ async def test_store_wide_rotate_purge_and_encrypt(tmp_path: Path) -> None:
         encrypted = await encrypt_store(store, ring, clock=clock, batch_size=3)
         assert encrypted["changed"] == 2 and encrypted["sessions"] == 6
         rotated = await rotate_store(
-            store, ring, batch_size=4, progress=lambda d, t: seen.append((d, t))
+            store, ring, clock=clock, batch_size=4, progress=lambda d, t: seen.append((d, t))
         )
         assert rotated == {
             "sessions": 6,
@@ -329,7 +329,7 @@ async def test_store_wide_rotate_purge_and_encrypt(tmp_path: Path) -> None:
             "unreadable": 0,
         }
         assert seen[-1] == (37, 37) and [d for d, _ in seen] == sorted(d for d, _ in seen)
-        assert (await rotate_store(store, ring))["changed"] == 0
+        assert (await rotate_store(store, ring, clock=clock))["changed"] == 0
         clock.now += 3600
         purged = await purge_store(store, ring, ttl=60, clock=clock)
         assert purged["changed"] == 37 and purged["unchanged"] == 0

@@ -196,12 +196,33 @@ def _key_forms(keyring: Keyring, *keys: str | bytes, session_ids: Iterable[str] 
                 materials.append(key)
     for sid in session_ids:
         for kid in keyring.kids:
-            fernet = keyring.session_fernet(kid, sid)
-            if fernet is not None:
-                materials += [fernet._signing_key, fernet._encryption_key]
+            raw = _session_key_bytes(keyring, kid, sid)
+            materials += [raw, raw[:16], raw[16:]]  # the key, its signing and encryption halves
     for raw in materials:
         forms.update(_byte_forms(raw))
     return {form for form in forms if len(form) >= 8}
+
+
+def _session_key_bytes(keyring: Keyring, kid: str, session_id: str) -> bytes:
+    """A session's Fernet key, derived here from the documented HKDF inputs and checked
+    against the keyring's own Fernet, so the test needs no private part of ``cryptography``."""
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    kid_bytes = kid.encode("ascii")
+    info = (
+        b"encmem.session-key.v2"
+        + len(kid_bytes).to_bytes(2, "big")
+        + kid_bytes
+        + session_id.encode("utf-8")
+    )
+    material = keyring._material[kid]
+    raw = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
+    theirs = keyring.session_fernet(kid, session_id)
+    assert theirs is not None
+    assert Fernet(base64.urlsafe_b64encode(raw)).decrypt(theirs.encrypt(b"probe")) == b"probe"
+    return raw
 
 
 def _byte_forms(raw: bytes) -> set[str]:

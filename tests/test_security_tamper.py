@@ -58,7 +58,7 @@ def _keyring() -> Keyring:
 def _sealed(keyring: Keyring, item: dict[str, Any]) -> dict[str, Any]:
     fernet = keyring.session_key(keyring.primary_kid, SESSION)
     assert fernet is not None
-    return seal(fernet, keyring.primary_kid, item, encode_item(item), 1_800_000_000)
+    return seal(fernet, keyring.primary_kid, item, encode_item(item), 1_700_000_000)
 
 
 class Tally:
@@ -206,11 +206,11 @@ def _cross_variants(
     for session in ("other-session", SESSION + " ", SESSION.upper(), ""):
         fernet = keyring.session_key("main", session)
         assert fernet is not None
-        moved = seal(fernet, "main", ITEMS[0], encode_item(ITEMS[0]), 1_800_000_000)
+        moved = seal(fernet, "main", ITEMS[0], encode_item(ITEMS[0]), 1_700_000_000)
         yield moved, f"sealed for session {session!r}"
     other = keyring.session_key("other", SESSION)
     assert other is not None
-    relabelled = seal(other, "other", ITEMS[0], encode_item(ITEMS[0]), 1_800_000_000)
+    relabelled = seal(other, "other", ITEMS[0], encode_item(ITEMS[0]), 1_700_000_000)
     yield {**relabelled, "kid": "main"}, "sealed under 'other', labelled 'main'"
     foreign = Keyring({"main": generate_key()})
     foreign_fernet = foreign.session_key("main", SESSION)
@@ -218,7 +218,7 @@ def _cross_variants(
     yield seal(foreign_fernet, "main", ITEMS[0], encode_item(ITEMS[0]), 1), "other key, same kid"
     mine = keyring.session_key("main", SESSION)
     assert mine is not None
-    swapped = seal(mine, "main", item, text, 1_800_000_000)
+    swapped = seal(mine, "main", item, text, 1_700_000_000)
     yield {**envelope, "payload": swapped["payload"]}, "another item's token, these fields"
 
 

@@ -417,9 +417,11 @@ async def test_limits_are_validated(db: Db) -> None:
         db.session(sid(), session_settings={"limit": -3})
 
 
-async def test_rows_that_are_not_json_objects_are_skipped_and_never_logged(
+async def test_rows_that_are_not_json_objects_are_refused_and_never_logged(
     db: Db, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from encmem.errors import CorruptRowError
+
     session = db.session(sid())
     await session.add_items([msg(1)])
     db.query(
@@ -428,11 +430,15 @@ async def test_rows_that_are_not_json_objects_are_skipped_and_never_logged(
     )
     await session.add_items([msg(2)])
     with caplog.at_level(logging.DEBUG):
-        assert await session.get_items() == [msg(1), msg(2)]
-        assert await session.get_items(2) == [msg(1), msg(2)]
+        for read in (session.get_items(), session.get_items(2)):
+            with pytest.raises(CorruptRowError, match="not valid JSON") as caught:
+                await read
+            assert "secret" not in str(caught.value)
+        assert await session.get_items(1) == [msg(2)]
         assert await session.pop_item() == msg(2)
-        assert await session.pop_item() == msg(1)
-    assert "skipped a stored row" in caplog.text
+        with pytest.raises(CorruptRowError):
+            await session.pop_item()  # refused, and left in place
+        assert len(db.query(f"SELECT id FROM {db.messages}")) == 2
     assert "secret" not in caplog.text
 
 
