@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from encmem.errors import BranchError
 from encmem.items import CorruptRow, Item, decode_stored
 from encmem.protocol import StoredItem, TurnRow
 
@@ -25,10 +26,6 @@ logger = logging.getLogger("encmem.backends.advanced_sqlite")
 
 MAIN = "main"
 _NO_BOUND = 2**63 - 1
-
-
-class BranchError(ValueError):
-    """A branch operation was refused (unknown, deleted, reserved or malformed branch)."""
 
 
 class Scope(NamedTuple):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from encmem import turns
-from encmem.errors import MissingTablesError, SessionClosedError
+from encmem.errors import BranchError, MissingTablesError, SessionClosedError
 from encmem.items import Item, encode_item, encode_items
 from encmem.protocol import StoredItem, TurnRow
 from encmem.settings import SessionSettings, resolve_limit
@@ -27,7 +27,7 @@ from encmem.settings import SessionSettings, resolve_limit
 from . import _advanced_items as advanced_items
 from . import _advanced_queries as queries
 from . import _advanced_schema as schema
-from ._advanced_queries import MAIN, BranchError, Scope
+from ._advanced_queries import MAIN, Scope
 from ._rows import plain_item, plain_items
 from .sqlite import SQLiteSession
 

@@ -50,7 +50,7 @@ async def _store_wide(db: Path, job: str, ring: Any, clock: Any) -> tuple[str, A
     try:
         from encmem.backends.store import open_store
 
-        from encmem import maintenance
+        import encmem as maintenance
     except ImportError:
         maintenance = None  # type: ignore[assignment]
     if maintenance is not None and hasattr(maintenance, f"{job}_store"):

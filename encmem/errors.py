@@ -1,10 +1,35 @@
-"""Exceptions raised by encmem.
+"""Exceptions raised by encmem, all in one tree::
 
-Every error message says what went wrong and what to do next. None of them ever
-contains key material or message content.
+    EncmemError
+    ├── InvalidKeyError (ValueError)          a key or keyring was refused
+    ├── InvalidItemError (TypeError)          an item cannot be stored as JSON
+    ├── DecryptionError                       a stored item cannot be read
+    │   ├── UnknownKeyIdError                 sealed under a key id the keyring lacks
+    │   ├── TamperedItemError                 failed authentication
+    │   ├── PlaintextItemError                plaintext where ciphertext belongs
+    │   ├── CorruptRowError                   the stored row holds no JSON object
+    │   └── UnrestoredItemsError              pop_item could not put items back
+    ├── UnsupportedOperation (NotImplementedError)   a capability is missing
+    ├── SessionClosedError (RuntimeError)     used after close()
+    ├── ScanBudgetExceeded (RuntimeError)     max_scan_items ran out
+    ├── BranchError (ValueError)              a branch operation was refused
+    ├── StoreError                            a database cannot be used as a session store
+    │   ├── MissingTablesError (RuntimeError) tables missing, create_tables=False
+    │   └── NotASessionStoreError (ValueError)   no session tables there
+    └── CommandError                          a failure of the ``encmem`` command
+
+Every message says what went wrong and what to do next, and never contains key material or
+message content. Failures carry structured fields (``reason``, ``session_id``, ``items``...)
+so that callers never parse message text.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+_E = TypeVar("_E", bound="DecryptionError")
 
 
 class EncmemError(Exception):
@@ -22,27 +47,72 @@ class InvalidItemError(EncmemError, TypeError):
 class DecryptionError(EncmemError):
     """A stored item could not be authenticated or decrypted.
 
-    The item is left in storage untouched; ``session_id`` and ``position`` say where it is.
-    ``position`` counts from the newest item of the session (1 is the newest) when it is
-    known; ``item_id`` is the backend's storage id when the backend exposes one.
+    The item is left in storage untouched. ``reason`` says what is wrong with it;
+    ``session_id`` and ``position`` say where it is: ``position`` counts from the newest item
+    (1 is the newest) when known, and ``item_id`` is the backend's storage id when the
+    backend exposes one.
     """
 
     def __init__(
         self,
-        message: str,
+        reason: str,
         *,
         session_id: str | None = None,
         position: int | None = None,
         item_id: int | None = None,
     ) -> None:
-        super().__init__(message)
+        self.reason = reason
         self.session_id = session_id
         self.position = position
         self.item_id = item_id
+        super().__init__(self._message())
+
+    @property
+    def where(self) -> str:
+        """The item's place, for messages and logs ('' when unknown)."""
+        if self.session_id is None:
+            return ""
+        where = f"session {self.session_id!r}"
+        if self.position is not None:
+            where += f", item {self.position} from the newest"
+        if self.item_id is not None:
+            where += f" (storage id {self.item_id})"
+        return where
+
+    def _message(self) -> str:
+        if self.session_id is None:
+            return self.reason
+        return (
+            f"{self.reason} [{self.where}]. The item was left in storage; read it with the key "
+            "it was sealed under, or pass on_invalid='skip' to read past it"
+        )
+
+    def located(
+        self: _E, session_id: str, position: int | None = None, item_id: int | None = None
+    ) -> _E:
+        """A copy of this error that names where the item is."""
+        located = copy.copy(self)
+        located.session_id, located.position, located.item_id = session_id, position, item_id
+        located.args = (located._message(),)
+        return located
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.__dict__.copy())
+
+
+def _rebuild(cls: type[DecryptionError], state: dict[str, Any]) -> DecryptionError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    error.args = (error._message(),)
+    return error
 
 
 class UnknownKeyIdError(DecryptionError):
-    """An item was sealed under a key id that the keyring does not hold."""
+    """An item was sealed under a key id that the keyring does not hold (``kid``)."""
+
+    def __init__(self, reason: str, *, kid: str | None = None, **where: Any) -> None:
+        self.kid = kid
+        super().__init__(reason, **where)
 
 
 class TamperedItemError(DecryptionError):
@@ -57,17 +127,68 @@ class CorruptRowError(DecryptionError):
     """A stored row is not one JSON object with unique keys, so no item can be read from it."""
 
 
+class UnrestoredItemsError(DecryptionError):
+    """``pop_item`` took unreadable items off a session and could not put them back.
+
+    ``items`` holds them, exactly as they were stored, so that nothing is lost.
+    """
+
+    def __init__(self, reason: str, *, items: Sequence[Any] = (), **where: Any) -> None:
+        self.items = list(items)
+        super().__init__(reason, **where)
+
+    def _message(self) -> str:
+        return self.reason
+
+
 class UnsupportedOperation(EncmemError, NotImplementedError):
-    """The wrapped session lacks a capability the operation needs."""
+    """The wrapped session lacks the capability (``capability``) an operation needs."""
+
+    def __init__(self, message: str, *, capability: str | None = None) -> None:
+        super().__init__(message)
+        self.capability = capability
 
 
 class SessionClosedError(EncmemError, RuntimeError):
     """The session was used after ``close()``."""
 
 
-class MissingTablesError(EncmemError, RuntimeError):
-    """The database lacks the tables the session needs and was told not to create them."""
+class ScanBudgetExceeded(EncmemError, RuntimeError):
+    """``max_scan_items`` ran out before the requested number of readable items was found."""
+
+    def __init__(self, message: str, *, scanned: int, budget: int) -> None:
+        super().__init__(message)
+        self.scanned = scanned
+        self.budget = budget
 
 
-class NotASessionStoreError(EncmemError, ValueError):
+class BranchError(EncmemError, ValueError):
+    """A branch operation was refused (unknown, deleted, reserved or malformed branch)."""
+
+    def __init__(self, message: str, *, branch_id: str | None = None) -> None:
+        super().__init__(message)
+        self.branch_id = branch_id
+
+
+class StoreError(EncmemError):
+    """A database cannot be used as a session store."""
+
+
+class MissingTablesError(StoreError, RuntimeError):
+    """The database lacks the tables (``tables``) the session needs and may not create them."""
+
+    def __init__(self, message: str, *, tables: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.tables = tuple(tables)
+
+
+class NotASessionStoreError(StoreError, ValueError):
     """A path or URL does not point at a database holding session tables."""
+
+
+class CommandError(EncmemError):
+    """A failure of the ``encmem`` command a person can act on, with its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code

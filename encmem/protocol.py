@@ -10,7 +10,7 @@ missing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from .errors import UnsupportedOperation
 from .items import CorruptRow, Item
@@ -85,6 +85,48 @@ class UserTurnSource(Protocol):
 
 
 @runtime_checkable
+class Branching(Protocol):
+    """Several branches per session: reads on a ``branch_id``, listing, creating and
+    switching branches (AdvancedSQLiteSession, ours and the Agents SDK's)."""
+
+    async def get_items(self, limit: int | None = None, branch_id: str | None = None) -> list[Any]:
+        """Items of ``branch_id`` (the current branch when None), oldest first."""
+        ...
+
+    async def list_branches(self) -> list[dict[str, Any]]:
+        """Every live branch, each a dict with at least ``branch_id``."""
+        ...
+
+    async def create_branch_from_turn(
+        self, turn_number: int, branch_name: str | None = None
+    ) -> str:
+        """A new branch holding the current branch before user turn ``turn_number``."""
+        ...
+
+    async def switch_to_branch(self, branch_id: str) -> None:
+        """Make ``branch_id`` the branch that reads and writes go to."""
+        ...
+
+
+@runtime_checkable
+class BranchAddressing(Protocol):
+    """Item addressing on any branch: ItemAddressing's reads and deletes with a ``branch_id``
+    (the current branch when None)."""
+
+    async def get_stored_items(
+        self,
+        limit: int | None = None,
+        *,
+        before_id: int | None = None,
+        branch_id: str | None = None,
+    ) -> list[StoredItem]: ...
+
+    async def delete_stored_items(
+        self, ids: Sequence[int], *, branch_id: str | None = None
+    ) -> int: ...
+
+
+@runtime_checkable
 class SessionStore(Protocol):
     """A whole database of sessions, for store-wide maintenance (purge, rotate, erase)."""
 
@@ -109,12 +151,40 @@ class SessionStore(Protocol):
         ...
 
 
-def require(session: object, capability: type, operation: str) -> Any:
-    """Return ``session`` if it offers ``capability``, else raise UnsupportedOperation."""
-    if isinstance(session, capability):
-        return session
-    raise UnsupportedOperation(
-        f"{operation} needs the {capability.__name__} capability, which "
-        f"{type(session).__name__} does not offer; use one of encmem's backends "
-        "(encmem.backends) or implement the capability's methods on your session"
-    )
+T = TypeVar("T")
+
+
+class Capabilities(NamedTuple):
+    """Which optional capabilities a session offers, looked up once per session.
+
+    A runtime Protocol check walks every attribute of the session, so the decorator does it
+    here, once, and keeps the answers.
+    """
+
+    kind: str
+    addressing: ItemAddressing | None
+    branching: Branching | None
+    branch_addressing: BranchAddressing | None
+    user_turns: UserTurnSource | None
+
+    @classmethod
+    def of(cls, session: object) -> Capabilities:
+        branching = session if isinstance(session, Branching) else None
+        return cls(
+            type(session).__name__,
+            session if isinstance(session, ItemAddressing) else None,
+            branching,
+            session if branching is not None and isinstance(session, BranchAddressing) else None,
+            session if isinstance(session, UserTurnSource) else None,
+        )
+
+    def need(self, capability: T | None, name: str, operation: str) -> T:
+        """``capability`` when the session offers it; else UnsupportedOperation naming it."""
+        if capability is not None:
+            return capability
+        raise UnsupportedOperation(
+            f"{operation} needs the {name} capability, which {self.kind} does not offer; use "
+            "one of encmem's backends (encmem.backends) or implement the capability's methods "
+            "on your session",
+            capability=name,
+        )

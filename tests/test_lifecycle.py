@@ -14,9 +14,16 @@ from encmem.backends.store import open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from encmem import EncryptedSession, Keyring, UnsupportedOperation, generate_key
+from encmem import (
+    EncryptedSession,
+    Keyring,
+    UnsupportedOperation,
+    encrypt_store,
+    generate_key,
+    purge_store,
+    rotate_store,
+)
 from encmem.envelope import token_timestamp
-from encmem.maintenance import encrypt_store, purge_store, rotate_store
 
 from .stores import STORES, Store
 from .strategies import items as any_item

@@ -8,7 +8,6 @@ that need quoting, and tokens made by ``cryptography``'s Fernet alone.
 from __future__ import annotations
 
 import ast
-import gc
 import json
 import logging
 import sqlite3
@@ -31,6 +30,7 @@ from encmem.envelope import open_envelope
 from encmem.errors import CorruptRowError
 
 from .conftest import TEST_KEY
+from .memory import objects_holding
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1_790_000_000.0
@@ -269,24 +269,6 @@ async def test_a_seal_time_far_ahead_of_the_clock_is_invalid(kind: str, tmp_path
 # -- popped plaintext does not stay in the cache ----------------------------------------------
 
 
-def _objects_holding(marker: str) -> int:
-    gc.collect()
-    found = 0
-    for obj in gc.get_objects():
-        values: Any
-        if isinstance(obj, dict):
-            values = obj.values()
-        elif isinstance(obj, (tuple, list)):
-            values = obj
-        else:
-            continue
-        try:
-            found += any(isinstance(v, str) and marker in v for v in values)
-        except RuntimeError:  # a dict changed size while scanned
-            continue
-    return found
-
-
 @pytest.mark.parametrize("kind", BACKENDS)
 async def test_popped_plaintext_leaves_the_cache(kind: str, tmp_path: Path) -> None:
     session = EncryptedSession(
@@ -298,11 +280,11 @@ async def test_popped_plaintext_leaves_the_cache(kind: str, tmp_path: Path) -> N
     await session.add_items([{"role": "user", "content": "kept"}])
     await session.add_items([{"role": "user", "content": marker + " secret"}])
     await session.get_items()  # fills the plaintext cache with both items
-    assert _objects_holding(marker) > 0
+    assert objects_holding(marker) > 0
     popped = await session.pop_item()
     assert popped is not None and popped["content"].startswith(marker)
     del popped
-    assert _objects_holding(marker) == 0
+    assert objects_holding(marker) == 0
     assert await session.get_items() == [{"role": "user", "content": "kept"}]
     await session.close()
 

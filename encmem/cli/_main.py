@@ -17,10 +17,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import commands
-from .commands import CommandError
-from .errors import EncmemError, InvalidKeyError, NotASessionStoreError
-from .keys import check_kid, generate_key
+from ..errors import (
+    CommandError,
+    DecryptionError,
+    EncmemError,
+    InvalidKeyError,
+    SessionClosedError,
+    StoreError,
+    TamperedItemError,
+    UnknownKeyIdError,
+    UnsupportedOperation,
+)
+from ..keys import check_kid, generate_key
+from . import _commands as commands
 
 _EPILOG = """\
 keys: from --key-file FILE, else ENCMEM_KEYS ('kid:key,kid:key', primary first), else
@@ -174,7 +183,7 @@ def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from .backends.store import open_store
+    from ..backends.store import open_store
 
     keyring = None
     if args.command != "erase":
@@ -250,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(key + "\n")
         return commands.EXIT_OK
     if args.command == "demo":
-        from .demo import main as demo_main
+        from ._demo import main as demo_main
 
         demo_main(args.db)
         return commands.EXIT_OK
@@ -266,24 +275,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+_EXIT_BY_TYPE: tuple[tuple[type[EncmemError], int], ...] = (
+    (CommandError, -1),  # carries its own code
+    (InvalidKeyError, commands.EXIT_KEYS),
+    (UnknownKeyIdError, commands.EXIT_KEYS),
+    (TamperedItemError, commands.EXIT_KEYS),
+    (StoreError, commands.EXIT_STORE),
+    (DecryptionError, commands.EXIT_STORE),  # plaintext or corrupt rows: the store's content
+    (SessionClosedError, commands.EXIT_STORE),
+    (UnsupportedOperation, commands.EXIT_STORE),
+)
+
+
 def _explain(exc: Exception) -> tuple[str, int]:
-    if isinstance(exc, CommandError):
-        return str(exc), exc.code
-    if isinstance(exc, NotASessionStoreError):
-        return str(exc), commands.EXIT_STORE
-    if isinstance(exc, InvalidKeyError):
-        return f"bad key: {exc}", commands.EXIT_KEYS
+    """One line a person can act on, and the exit code for the kind of failure."""
     if isinstance(exc, EncmemError):
-        return str(exc), commands.EXIT_KEYS
+        for kind, code in _EXIT_BY_TYPE:
+            if isinstance(exc, kind):
+                if isinstance(exc, CommandError):
+                    return str(exc), exc.code
+                prefix = "bad key: " if isinstance(exc, InvalidKeyError) else ""
+                return prefix + str(exc), code
+        return f"{exc} ({type(exc).__name__})", commands.EXIT_UNEXPECTED
     if _locked(exc):
         return (
             "the database is locked by another process; try again when it is free",
             commands.EXIT_STORE,
         )
-    kind = type(exc).__name__
-    if isinstance(exc, (sqlite3.Error, OSError)) or kind in ("OperationalError", "InterfaceError"):
-        return f"cannot use the database ({kind})", commands.EXIT_STORE
-    return f"unexpected error ({kind}); run again with --debug", commands.EXIT_UNEXPECTED
+    kind_name = type(exc).__name__
+    if isinstance(exc, (sqlite3.Error, OSError)) or kind_name in (
+        "OperationalError",
+        "InterfaceError",
+    ):
+        return f"cannot use the database ({kind_name})", commands.EXIT_STORE
+    return f"unexpected error ({kind_name}); run again with --debug", commands.EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":  # pragma: no cover

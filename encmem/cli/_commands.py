@@ -14,13 +14,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import maintenance
-from .envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
-from .errors import DecryptionError, EncmemError, InvalidKeyError, TamperedItemError
-from .items import CorruptRow
-from .keys import Keyring
-from .progress import ProgressBar
-from .protocol import SessionStore
+from .. import _stores as maintenance
+from ..envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
+from ..errors import (
+    CommandError,
+    DecryptionError,
+    EncmemError,
+    InvalidKeyError,
+    TamperedItemError,
+)
+from ..items import CorruptRow
+from ..keys import Keyring
+from ..protocol import SessionStore
+from ._progress import ProgressBar
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -28,14 +34,6 @@ EXIT_USAGE = 2
 EXIT_KEYS = 3
 EXIT_STORE = 4
 EXIT_UNEXPECTED = 5
-
-
-class CommandError(Exception):
-    """A failure a person can act on: one line, and the exit code to leave with."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def load_keyring(key_file: str | None) -> Keyring:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .keys import generate_key
-from .session import EncryptedSession
+from ..keys import generate_key
+from ..session import EncryptedSession
 
 DEMO_DB = "encmem-demo.db"
 TTL_SECONDS = 600
@@ -51,7 +51,7 @@ async def run_demo(db_path: Path) -> None:
             "the demo needs the OpenAI Agents SDK: pip install 'encmem[agents]' (make demo does)"
         ) from exc
 
-    from .backends import SQLiteSession
+    from ..backends import SQLiteSession
 
     set_tracing_disabled(True)
 

@@ -1,0 +1,88 @@
+"""Store-wide maintenance: rotate, purge or encrypt every session of a session store.
+
+A store (``encmem.backends.open_store(path_or_url)``) lists its sessions and hands out a
+backend session for each; every one is wrapped in an EncryptedSession and put through the
+same per-session pass, batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import _maintenance as maintenance
+from .keys import KeyInput, Keyring
+from .protocol import SessionStore
+from .session import EncryptedSession
+
+StoreProgress = Callable[[int, int], None]
+"""Called after each committed batch with (items examined so far, items in the store)."""
+
+
+async def _over_store(
+    store: SessionStore,
+    keyring: Keyring | KeyInput,
+    job: maintenance.Job,
+    *,
+    ttl: float | None = None,
+    clock: Callable[[], float] | None = None,
+    on_invalid: str = "skip",
+    batch_size: int = maintenance.DEFAULT_BATCH,
+    progress: StoreProgress | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    total = await store.count_items()
+    totals = maintenance.MaintenanceResult()
+    sessions = 0
+    for session_id in await store.session_ids():
+        options: dict[str, Any] = {"ttl": ttl, "on_invalid": on_invalid}
+        if clock is not None:
+            options["clock"] = clock
+        session = EncryptedSession(
+            session_id=session_id,
+            underlying_session=store.session(session_id),
+            encryption_key=keyring,
+            **options,
+        )
+
+        def report(examined: int, base: int = totals.examined) -> None:
+            if progress is not None:
+                progress(base + examined, total)
+
+        result = await job(session, batch_size=batch_size, progress=report, dry_run=dry_run)
+        sessions += 1
+        totals.add(result)
+    return {"sessions": sessions, "dry_run": dry_run, **totals.as_dict()}
+
+
+async def rotate_store(
+    store: SessionStore, keyring: Keyring | KeyInput, **options: Any
+) -> dict[str, Any]:
+    """Re-seal every item of every session under the keyring's primary key.
+
+    Options: ``clock``, ``batch_size``, ``progress(done, total)``, ``dry_run``. Unreadable
+    items are counted, left as they are, and do not stop the run.
+    """
+    return await _over_store(store, keyring, maintenance.rotate, **options)
+
+
+async def purge_store(
+    store: SessionStore, keyring: Keyring | KeyInput, ttl: float, **options: Any
+) -> dict[str, Any]:
+    """Delete every item older than ``ttl`` seconds from every session of the store.
+
+    Options: ``clock``, ``batch_size``, ``progress(done, total)``, ``dry_run``.
+    """
+    return await _over_store(store, keyring, maintenance.purge_expired, ttl=ttl, **options)
+
+
+async def encrypt_store(
+    store: SessionStore, keyring: Keyring | KeyInput, **options: Any
+) -> dict[str, Any]:
+    """Seal every plaintext item and upgrade every SDK v1 envelope, in every session.
+
+    One-way: upgraded items can no longer be read by the Agents SDK's EncryptedSession.
+    Plaintext items are sealed at ``clock()`` (the current time by default). Options:
+    ``clock``, ``batch_size``, ``progress(done, total)``, ``dry_run``.
+    """
+    return await _over_store(store, keyring, maintenance.encrypt_existing, **options)
