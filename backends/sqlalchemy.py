@@ -283,15 +283,6 @@ class SQLAlchemySession:
                 index_elements=[s.c.session_id], set_={"updated_at": now}
             )
         )
-        self._sqlite_fast_path = self._dialect_name == "sqlite" and (
-            self._engine.dialect.driver == "aiosqlite"
-        )
-        s_name, m_name = self.sessions_table, self.messages_table
-        self._sqlite_upsert_sql = (
-            f"INSERT INTO {s_name} (session_id) VALUES (?) ON CONFLICT (session_id) "
-            "DO UPDATE SET updated_at = CURRENT_TIMESTAMP"
-        )
-        self._sqlite_insert_sql = f"INSERT INTO {m_name} (session_id, message_data) VALUES (?, ?)"
         self._touch_session = update(s).where(s.c.session_id == sid).values(updated_at=now)
         self._insert_session = insert(s).values(session_id=sid)
         self._insert_messages = insert(m)
@@ -379,9 +370,7 @@ class SQLAlchemySession:
             )
 
     @asynccontextmanager
-    async def _transaction(
-        self, *, write: bool, begin: bool = True
-    ) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         """A connection in a transaction: committed on success (writes), rolled back otherwise."""
         await self._ensure_ready()
         locked = self._lock_writes if write else self._lock_reads
@@ -389,7 +378,7 @@ class SQLAlchemySession:
         if lock is not None:
             await lock.acquire()
         try:
-            if write and begin:
+            if write:
                 async with self._engine.begin() as conn:
                     yield conn
             else:
@@ -398,35 +387,6 @@ class SQLAlchemySession:
         finally:
             if lock is not None:
                 lock.release()
-
-    async def _sqlite_insert(self, conn: AsyncConnection, rows: list[tuple[str, str]]) -> bool:
-        """add_items in one trip to aiosqlite's thread; False when the driver isn't aiosqlite.
-
-        Through the adapter each statement costs three thread hops (cursor, execute, close)
-        plus one for the commit; here the whole transaction is one. It relies on aiosqlite's
-        ``_execute`` and ``_conn`` (stable through the 0.2x series pinned in pyproject).
-        """
-        raw = await conn.get_raw_connection()
-        driver: Any = raw.driver_connection
-        run = getattr(driver, "_execute", None)
-        db = getattr(driver, "_conn", None)
-        if run is None or not isinstance(db, sqlite3.Connection) or db.in_transaction:
-            return False
-        upsert, insert_sql = self._sqlite_upsert_sql, self._sqlite_insert_sql
-        sid = self.session_id
-
-        def transaction() -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(upsert, (sid,))
-                db.executemany(insert_sql, rows)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-
-        await run(transaction)
-        return True
 
     async def _claim_session(self, conn: AsyncConnection) -> None:
         """Serialise with other writers of this session (no-op on SQLite: its lock does it)."""
@@ -518,10 +478,6 @@ class SQLAlchemySession:
         if not texts:
             return
         sid = self.session_id
-        if self._sqlite_fast_path:
-            async with self._transaction(write=True, begin=False) as conn:
-                if await self._sqlite_insert(conn, [(sid, text) for text in texts]):
-                    return
         async with self._transaction(write=True) as conn:
             # The upsert comes first: it takes the session row's lock, so concurrent writers
             # of one session commit their batches in id order.

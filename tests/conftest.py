@@ -9,6 +9,7 @@ import pytest
 
 from encmem import Keyring
 
+from .figures import write_figures
 from .stores import STORES, EncryptedStore, Store
 
 # A fixed, valid test key (32 random bytes, urlsafe base64); never used outside tests.
@@ -65,3 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
     except ImportError:
         return
     set_tracing_disabled(True)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The figures the security and reliability tests recorded (see figures.py)."""
+    write_figures(config, terminalreporter)

@@ -1,17 +1,26 @@
-"""Figures the security and reliability suite prints, so they can be quoted from a run."""
+"""Figures the security and reliability suite reports, so they can be quoted from a run.
+
+``figure()`` keeps each one on the run's config; the ``pytest_terminal_summary`` hook in
+conftest.py writes them at the end of the run as ``FIGURE ...`` lines, captured output or not.
+"""
 
 from __future__ import annotations
 
 import pytest
 
+_FIGURES = pytest.StashKey[list[str]]()
+
 
 def figure(config: pytest.Config, text: str) -> None:
-    """Print a figure so that it shows in the test run's output, captured or not."""
-    line = f"FIGURE {text}"
-    print(line)
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if capture is None or reporter is None:
+    """Record a figure for the run's summary."""
+    config.stash.setdefault(_FIGURES, []).append(f"FIGURE {text}")
+
+
+def write_figures(config: pytest.Config, reporter: pytest.TerminalReporter) -> None:
+    """Write the recorded figures, in the order the tests reported them."""
+    lines = config.stash.get(_FIGURES, [])
+    if not lines:
         return
-    with capture.global_and_fixture_disabled():
+    reporter.write_sep("=", "figures")
+    for line in lines:
         reporter.write_line(line)
