@@ -246,15 +246,14 @@ def _leaks(text: str, forms: set[str]) -> list[str]:
 
 def _keyrings() -> list[tuple[str, Keyring, tuple[str | bytes, ...]]]:
     k1, k2, k3 = generate_key(), generate_key(), generate_key()
-    raw = bytes(range(40))
-    hex_key = bytes(range(100, 140)).hex()
+    raw = base64.urlsafe_b64decode(generate_key())
     sdk_password = "an SDK-era password"
     rings = [
         ("bare Fernet key", Keyring(k1), (k1,)),
         ("mapping", Keyring({"2026-11": k1, "2026-05": k2}), (k1, k2)),
         ("primary chosen", Keyring({"a": k1, "b": k2}, primary="b"), (k1, k2)),
         ("raw bytes", Keyring(raw), (raw,)),
-        ("hex key", Keyring(hex_key), (hex_key,)),
+        ("key as ASCII bytes", Keyring(k3.encode()), (k3,)),
         ("sdk keys", Keyring(k1, sdk_keys=[k2, sdk_password]), (k1, k2, sdk_password)),
         ("with_primary", Keyring(k1).with_primary(k3, kid="new"), (k1, k3)),
         ("parsed", Keyring.parse(f"a:{k1}, b:{k2}"), (k1, k2)),
