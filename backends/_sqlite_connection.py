@@ -173,11 +173,16 @@ class _Worker:
             _notify(future.get_loop(), lambda: _set_error(future, error))
 
 
-def _configure(conn: sqlite3.Connection, is_file: bool, busy_timeout: float) -> None:
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA secure_delete=ON")
-    if not is_file:
-        return
+class _Executes(Protocol):
+    def execute(self, sql: str, /) -> object: ...
+
+
+def switch_to_wal(conn: _Executes, busy_timeout: float) -> None:
+    """Put a SQLite file in WAL mode (a sqlite3 connection, or any DB-API cursor on one).
+
+    The switch takes a lock that SQLite's busy handler does not wait for, so it is retried
+    here for up to ``busy_timeout`` seconds while another connection holds it.
+    """
     deadline = time.monotonic() + busy_timeout
     while True:
         try:
@@ -187,6 +192,25 @@ def _configure(conn: sqlite3.Connection, is_file: bool, busy_timeout: float) -> 
             if "locked" not in str(exc).lower() or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def immediate(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``job`` in one ``BEGIN IMMEDIATE`` transaction: committed, or rolled back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = job(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _configure(conn: sqlite3.Connection, is_file: bool, busy_timeout: float) -> None:
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA secure_delete=ON")
+    if is_file:
+        switch_to_wal(conn, busy_timeout)
 
 
 def _connector(

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from encmem import turns
-from encmem.errors import BranchError, MissingTablesError, SessionClosedError
+from encmem.errors import BranchError, MissingTablesError
 from encmem.items import Item, encode_item, encode_items
 from encmem.protocol import StoredItem, TurnRow
 from encmem.settings import SessionSettings, resolve_limit
 
+from . import _advanced_analytics as analytics
 from . import _advanced_items as advanced_items
 from . import _advanced_queries as queries
 from . import _advanced_schema as schema
+from . import _sqlite_connection as connections
 from ._advanced_queries import MAIN, Scope
 from ._rows import plain_item, plain_items
 from .sqlite import SQLiteSession
@@ -103,25 +105,22 @@ class AdvancedSQLiteSession(SQLiteSession):
                     "open it once with AdvancedSQLiteSession(..., create_tables=True) to create "
                     "them"
                 )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def create(conn: sqlite3.Connection) -> None:
             fresh = not schema.table_exists(conn, schema.BRANCHES)
             for statement in self._schema_statements():
                 conn.execute(statement)
             if fresh:
                 schema.backfill_branches(conn, self.sessions_table)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+
+        connections.immediate(conn, create)
 
     # -- the Session protocol -------------------------------------------------------------
 
     async def add_items(self, items: list[Item]) -> None:
         """Append items to the current branch: messages and structure rows in one transaction."""
         texts = encode_items(items)
-        if self._closed:
-            raise SessionClosedError(f"{type(self).__name__} {self.session_id!r} is closed")
+        self._check_open()
         if not texts:
             return
         stored, scope, branch = list(items), self._scope, self._branch
@@ -202,7 +201,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         """Every user turn of the branch with its user item as stored, in turn order."""
         scope, branch = self._scope, self._target(branch_id)
         rows: list[TurnRow] = await self._read(
-            lambda conn: queries.user_turn_rows(conn, scope, branch)
+            lambda conn: analytics.user_turn_rows(conn, scope, branch)
         )
         return rows
 
@@ -299,7 +298,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         """``{turn: [{"type", "tool_name"}, ...]}`` for the branch, in order."""
         scope, branch = self._scope, self._target(branch_id)
         found: dict[int, list[dict[str, str | None]]] = await self._read(
-            lambda conn: queries.conversation_by_turns(conn, scope, branch)
+            lambda conn: analytics.conversation_by_turns(conn, scope, branch)
         )
         return found
 
@@ -307,7 +306,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         """``[(tool_name, count, turn), ...]`` for the branch, by turn."""
         scope, branch = self._scope, self._target(branch_id)
         found: list[tuple[str, int, int]] = await self._read(
-            lambda conn: queries.tool_usage(conn, scope, branch)
+            lambda conn: analytics.tool_usage(conn, scope, branch)
         )
         return found
 
@@ -329,7 +328,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         numbers = advanced_items.usage_numbers(usage)
         scope, branch = self._scope, self._branch
         turn: int | None = await self._write(
-            lambda conn: queries.store_usage(conn, scope, branch, numbers)
+            lambda conn: analytics.store_usage(conn, scope, branch, numbers)
         )
         if turn is None:
             self._logger.debug("no usage stored: branch %r has no items yet", branch)
@@ -339,7 +338,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         scope = self._scope
         branch = None if branch_id is None else _check_branch_id(branch_id)
         found: dict[str, int] | None = await self._read(
-            lambda conn: queries.session_usage(conn, scope, branch)
+            lambda conn: analytics.session_usage(conn, scope, branch)
         )
         return found
 
@@ -349,6 +348,6 @@ class AdvancedSQLiteSession(SQLiteSession):
         """One turn's usage as a dict ({} if none), or every turn's as a list."""
         scope, branch = self._scope, self._target(branch_id)
         found: list[dict[str, Any]] | dict[str, Any] = await self._read(
-            lambda conn: queries.turn_usage(conn, scope, branch, user_turn_number)
+            lambda conn: analytics.turn_usage(conn, scope, branch, user_turn_number)
         )
         return found

@@ -1,4 +1,4 @@
-"""SQLiteSession: the embedded default, on aiosqlite, with the Agents SDK's schema.
+"""SQLiteSession: the embedded default, on the standard library's sqlite3, with the SDK's schema.
 
 A database written by ``agents.SQLiteSession`` opens and reads unchanged, and the other way
 round. Unlike the SDK's class it validates table names and items, enforces foreign keys,
@@ -8,11 +8,10 @@ refuses negative limits, wipes deleted content (``secure_delete``) and can be cl
 
 from __future__ import annotations
 
-import logging
 import sqlite3
-from collections.abc import Awaitable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from encmem.errors import SessionClosedError
 from encmem.items import Item, check_session_id, decode_stored, encode_item, encode_items
@@ -23,7 +22,9 @@ from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
 from ._rows import decode_rows, plain_item, plain_items
 
-logger = logging.getLogger("encmem.backends.sqlite")
+T = TypeVar("T")
+NO_BOUND = 2**63 - 1
+"""Larger than any SQLite rowid: "no upper bound" for paged reads by id."""
 
 
 class _Closing:
@@ -84,20 +85,21 @@ class SQLiteSession:
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         """Create the tables (idempotent). Subclasses extend the statement list."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+
+        def create(conn: sqlite3.Connection) -> None:
             for statement in self._schema_statements():
                 conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
-    async def _connection(self) -> connections.SharedConnection:
+        connections.immediate(conn, create)
+
+    def _check_open(self) -> None:
         if self._closed:
             raise SessionClosedError(
                 f"{type(self).__name__} {self.session_id!r} is closed; create a new session"
             )
+
+    async def _connection(self) -> connections.SharedConnection:
+        self._check_open()
         shared = self._shared
         if shared is None:
             shared = connections.acquire(self.db_path)
@@ -109,29 +111,23 @@ class SQLiteSession:
             shared.schemas.add(schema)
         return shared
 
-    async def _read(self, job: Any) -> Any:
+    async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` on the connection thread as one unit."""
         return await (await self._connection()).run(job)
 
-    async def _write(self, job: Any) -> Any:
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``job`` inside one IMMEDIATE transaction on the connection thread."""
-
-        def transaction(conn: sqlite3.Connection) -> Any:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = job(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-
-        return await (await self._connection()).run(transaction)
+        return await (await self._connection()).run(lambda conn: connections.immediate(conn, job))
 
     def close(self) -> _Closing:
         """Close the session (at once); ``await`` it to wait until the connection is shut."""
         self._closed = True
         shared, self._shared = self._shared, None
         return _Closing(connections.release(shared) if shared is not None else None)
+
+    async def aclose(self) -> None:
+        """Close the session and wait until its connection is shut."""
+        await self.close()
 
     async def __aenter__(self) -> SQLiteSession:
         return self
@@ -141,37 +137,17 @@ class SQLiteSession:
 
     # -- rows -----------------------------------------------------------------------------
 
-    def _decode_rows(self, rows: list[tuple[int, str]]) -> list[StoredItem]:
-        return decode_rows(rows)
-
     def _select_tail(
         self, conn: sqlite3.Connection, limit: int | None, before_id: int | None
     ) -> list[StoredItem]:
-        m = self.messages_table
-        where = "session_id = ?" + (" AND id < ?" if before_id is not None else "")
-        params: list[Any] = [self.session_id]
-        if before_id is not None:
-            params.append(before_id)
-        if limit is None:
-            rows = conn.execute(
-                f"SELECT id, message_data FROM {m} WHERE {where} ORDER BY id DESC", params
-            ).fetchall()
-            return self._decode_rows(rows)
-        result: list[StoredItem] = []
-        while len(result) < limit:
-            want = limit - len(result)
-            rows = conn.execute(
-                f"SELECT id, message_data FROM {m} WHERE {where} ORDER BY id DESC LIMIT ?",
-                [*params, want],
-            ).fetchall()
-            if not rows:
-                break
-            result = self._decode_rows(rows) + result
-            if len(rows) < want:
-                break
-            where = "session_id = ? AND id < ?"
-            params = [self.session_id, rows[-1][0]]
-        return result
+        """The newest ``limit`` rows (all when None) older than ``before_id``, in one query."""
+        bound = before_id if before_id is not None else NO_BOUND
+        rows = conn.execute(
+            f"SELECT id, message_data FROM {self.messages_table} "
+            "WHERE session_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (self.session_id, bound, -1 if limit is None else limit),
+        ).fetchall()
+        return decode_rows(rows)
 
     def _insert(self, conn: sqlite3.Connection, texts: Sequence[str]) -> list[int]:
         """Insert encoded items after upserting the session row; return their ids in order."""
@@ -200,8 +176,7 @@ class SQLiteSession:
     async def add_items(self, items: list[Any]) -> None:
         """Append items in one transaction; nothing is written if any item is invalid."""
         texts = encode_items(items)
-        if self._closed:
-            raise SessionClosedError(f"{type(self).__name__} {self.session_id!r} is closed")
+        self._check_open()
         if not texts:
             return
         await self._write(lambda conn: self._insert(conn, texts))
@@ -221,8 +196,7 @@ class SQLiteSession:
             # A row holding no item raises here, which rolls the delete back.
             return plain_item(self.session_id, row[0], decode_stored(row[1]))
 
-        result: Item | None = await self._write(pop)
-        return result
+        return await self._write(pop)
 
     async def clear_session(self) -> None:
         """Delete every item and the session row; deleted content is overwritten on disk."""
@@ -251,10 +225,7 @@ class SQLiteSession:
         effective = resolve_limit(limit, self.session_settings)
         if effective == 0:
             return []
-        result: list[StoredItem] = await self._read(
-            lambda conn: self._select_tail(conn, effective, before_id)
-        )
-        return result
+        return await self._read(lambda conn: self._select_tail(conn, effective, before_id))
 
     async def delete_stored_items(self, ids: Sequence[int]) -> int:
         """Delete items of this session by id; return how many rows went."""
@@ -269,8 +240,7 @@ class SQLiteSession:
             )
             return int(cursor.rowcount)
 
-        deleted: int = await self._write(delete)
-        return deleted
+        return await self._write(delete)
 
     async def replace_stored_items(self, replacements: Mapping[int, Item]) -> int:
         """Overwrite items in place by id (same id, same position); return the count."""

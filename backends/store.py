@@ -123,23 +123,20 @@ class SQLiteSessionStore:
         return session
 
     async def erase_session(self, session_id: str) -> int:
+        def delete_rows(conn: sqlite3.Connection) -> int:
+            removed = 0
+            tables = _session_tables(conn)
+            # Children first, so foreign keys never see a dangling parent.
+            for table in sorted(tables, key=lambda t: t == self.sessions_table):
+                cursor = conn.execute(
+                    f"DELETE FROM {quote_identifier(table)} WHERE session_id = ?",
+                    (session_id,),
+                )
+                removed += max(cursor.rowcount, 0)
+            return removed
+
         def erase(conn: sqlite3.Connection) -> int:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = 0
-                tables = _session_tables(conn)
-                # Children first, so foreign keys never see a dangling parent.
-                ordered = sorted(tables, key=lambda t: t == self.sessions_table)
-                for table in ordered:
-                    cursor = conn.execute(
-                        f"DELETE FROM {quote_identifier(table)} WHERE session_id = ?",
-                        (session_id,),
-                    )
-                    removed += max(cursor.rowcount, 0)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            removed = connections.immediate(conn, delete_rows)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             return removed
 

@@ -34,6 +34,36 @@ def test_demo_runs_offline_and_shows_ciphertext_history_and_expiry(tmp_path: Pat
     assert b"Paris" not in raw
 
 
+def test_the_demo_leaves_a_store_with_true_seal_times(tmp_path: Path) -> None:
+    import base64
+    import json
+    import sqlite3
+    import time
+
+    from encmem import generate_key
+
+    key = generate_key()
+    started = int(time.time())
+    done = subprocess.run(
+        [str(ENCMEM), "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ENCMEM_KEY": key},
+    )
+    assert done.returncode == 0, done.stderr
+    finished = time.time()
+    with sqlite3.connect(tmp_path / "encmem-demo.db") as conn:
+        rows = [json.loads(r[0]) for r in conn.execute("SELECT message_data FROM agent_messages")]
+    stamps = [
+        int.from_bytes(base64.urlsafe_b64decode(row["payload"])[1:9], "big") for row in rows
+    ]
+    assert len(stamps) == 2 and all(started <= t <= finished for t in stamps)
+    inspected = run("inspect", "tmp.db", cwd=tmp_path)  # a missing file is not created
+    assert inspected.returncode != 0 and not (tmp_path / "tmp.db").exists()
+
+
 def test_keygen_prints_one_usable_key_and_nothing_else(tmp_path: Path) -> None:
     done = run("keygen", cwd=tmp_path)
     assert done.returncode == 0 and done.stderr == ""

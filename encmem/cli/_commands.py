@@ -84,56 +84,76 @@ async def _all_items(session: Any) -> list[tuple[str | None, int, dict[str, Any]
 # -- inspect / verify -----------------------------------------------------------------------
 
 
+def _count_item(
+    obj: object,
+    keyring: Keyring | None,
+    session_id: str,
+    ttl: float | None,
+    now: float,
+    tally: Counter[str],
+    kids: Counter[str],
+) -> int | None:
+    """Count one stored object into ``tally`` and ``kids``; its seal time when known."""
+    tally["items"] += 1
+    if isinstance(obj, CorruptRow):
+        tally["unreadable"] += 1
+        return None
+    if not is_envelope(obj):
+        tally["plaintext"] += 1
+        return None
+    assert isinstance(obj, dict)
+    kids[str(obj.get("kid"))] += 1
+    if obj.get("v") != FORMAT_VERSION:
+        tally["sdk_v1"] += 1
+    if keyring is None:
+        try:
+            return token_timestamp(str(obj.get("payload", "")))
+        except TamperedItemError:
+            tally["unreadable"] += 1
+            return None
+    try:
+        opened = open_envelope(obj, keyring, session_id)
+    except DecryptionError:
+        tally["unreadable"] += 1
+        return None
+    if ttl is not None and opened.sealed_at + ttl < now:
+        tally["expired"] += 1
+    return opened.sealed_at
+
+
+async def _inspect_session(
+    store: SessionStore, session_id: str, keyring: Keyring | None, ttl: float | None
+) -> dict[str, Any]:
+    now = time.time()
+    session = store.session(session_id)
+    branches = await _branches(session)
+    kids: Counter[str] = Counter()
+    tally = Counter({"items": 0, "plaintext": 0, "sdk_v1": 0, "expired": 0, "unreadable": 0})
+    times: list[int] = []
+    seen: set[int] = set()
+    for _, item_id, obj in await _all_items(session):
+        if item_id not in seen:
+            seen.add(item_id)
+            sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids)
+            if sealed_at is not None:
+                times.append(sealed_at)
+    return {
+        "session_id": session_id,
+        **tally,
+        "branches": len(branches) if branches != [None] else 1,
+        "key_ids": dict(sorted(kids.items())),
+        "oldest": iso(min(times)) if times else None,
+        "newest": iso(max(times)) if times else None,
+    }
+
+
 async def inspect_store(
     store: SessionStore, keyring: Keyring | None, ttl: float | None
 ) -> tuple[int, dict[str, Any]]:
-    now = time.time()
-    sessions: list[dict[str, Any]] = []
-    for session_id in await store.session_ids():
-        session = store.session(session_id)
-        branches = await _branches(session)
-        kids: Counter[str] = Counter()
-        counts = Counter({"items": 0, "plaintext": 0, "sdk_v1": 0, "expired": 0, "unreadable": 0})
-        times: list[int] = []
-        seen: set[int] = set()
-        for _, item_id, obj in await _all_items(session):
-            if item_id in seen:
-                continue
-            seen.add(item_id)
-            counts["items"] += 1
-            if isinstance(obj, CorruptRow):
-                counts["unreadable"] += 1
-                continue
-            if not is_envelope(obj):
-                counts["plaintext"] += 1
-                continue
-            kids[str(obj.get("kid"))] += 1
-            if obj.get("v") != FORMAT_VERSION:
-                counts["sdk_v1"] += 1
-            if keyring is None:
-                try:
-                    times.append(token_timestamp(str(obj.get("payload", ""))))
-                except TamperedItemError:
-                    counts["unreadable"] += 1
-                continue
-            try:
-                opened = open_envelope(obj, keyring, session_id)
-            except DecryptionError:
-                counts["unreadable"] += 1
-                continue
-            times.append(opened.sealed_at)
-            if ttl is not None and opened.sealed_at + ttl < now:
-                counts["expired"] += 1
-        sessions.append(
-            {
-                "session_id": session_id,
-                **counts,
-                "branches": len(branches) if branches != [None] else 1,
-                "key_ids": dict(sorted(kids.items())),
-                "oldest": iso(min(times)) if times else None,
-                "newest": iso(max(times)) if times else None,
-            }
-        )
+    sessions = [
+        await _inspect_session(store, session_id, keyring, ttl)
+        for session_id in await store.session_ids()
+    ]
     totals = Counter[str]()
     for row in sessions:
         for name in ("items", "plaintext", "sdk_v1", "expired", "unreadable"):

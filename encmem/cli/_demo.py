@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +17,6 @@ from ..session import EncryptedSession
 
 DEMO_DB = "encmem-demo.db"
 TTL_SECONDS = 600
-
-
-class SimulatedClock:
-    """A clock the demo moves forward by hand, to show expiry without waiting."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _summary(item: dict[str, Any]) -> str:
@@ -42,7 +31,12 @@ def _summary(item: dict[str, Any]) -> str:
     return f"{kind:<22} {content}"
 
 
-async def run_demo(db_path: Path) -> None:
+READER_TTL_SECONDS = 2
+"""The TTL of the demo's second reader: short enough to watch the first turn expire."""
+
+
+def _scripted_agent() -> tuple[Any, Any]:
+    """The Agents SDK's Runner and an agent on its offline scripted model (no key, no network)."""
     try:
         from agents import Agent, Runner, function_tool, set_tracing_disabled
         from agents.testing import ScriptedModel, assistant_message, function_call
@@ -50,9 +44,6 @@ async def run_demo(db_path: Path) -> None:
         raise SystemExit(
             "the demo needs the OpenAI Agents SDK: pip install 'encmem[agents]' (make demo does)"
         ) from exc
-
-    from ..backends import SQLiteSession
-
     set_tracing_disabled(True)
 
     @function_tool
@@ -70,30 +61,21 @@ async def run_demo(db_path: Path) -> None:
     agent = Agent(
         name="Assistant", instructions="Reply concisely.", model=model, tools=[get_weather]
     )
+    return Runner, agent
 
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(db_path) + suffix).unlink(missing_ok=True)
-    clock = SimulatedClock()
-    # ENCMEM_KEY lets you open the demo file with the encmem command afterwards.
-    key = os.environ.get("ENCMEM_KEY") or generate_key()
-    session = EncryptedSession(
+
+def _open(db_path: Path, key: str, ttl: float) -> EncryptedSession:
+    from ..backends import SQLiteSession
+
+    return EncryptedSession(
         session_id="demo-conversation",
         underlying_session=SQLiteSession("demo-conversation", db_path),
         encryption_key=key,
-        ttl=TTL_SECONDS,
-        clock=clock,
+        ttl=ttl,
     )
-    print(f"encmem demo — database: {db_path.resolve()}")
-    origin = "taken from ENCMEM_KEY" if os.environ.get("ENCMEM_KEY") else "generated for this run"
-    print(f"key {origin} (key id {session.keyring.primary_kid}; it is never printed)\n")
 
-    prompts = ["What's the weather in Paris?", "Should I bring a jacket?"]
-    result = await Runner.run(agent, prompts[0], session=session)
-    print(f"user: {prompts[0]}\nagent: {result.final_output}")
-    clock.now += 400  # the second turn happens 400 s later
-    result = await Runner.run(agent, prompts[1], session=session)
-    print(f"user: {prompts[1]}\nagent: {result.final_output}\n")
 
+def _show_stored(db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:
         raw_rows = conn.execute(
             "SELECT id, message_data FROM agent_messages ORDER BY id"
@@ -105,28 +87,56 @@ async def run_demo(db_path: Path) -> None:
         print(f"   row {row_id}: {json.dumps(stored)}")
     print("   ...\n")
 
-    history = await session.get_items()
+
+async def _converse(db_path: Path, key: str) -> list[Any]:
+    """Two turns through the real Runner, a little apart; returns the decrypted history."""
+    runner, agent = _scripted_agent()
+    async with _open(db_path, key, TTL_SECONDS) as session:
+        print(f"key id {session.keyring.primary_kid} (the key itself is never printed)\n")
+        prompts = ["What's the weather in Paris?", "Should I bring a jacket?"]
+        result = await runner.run(agent, prompts[0], session=session)
+        print(f"user: {prompts[0]}\nagent: {result.final_output}")
+        await asyncio.sleep(READER_TTL_SECONDS + 0.05)  # so that a short TTL tells the turns apart
+        result = await runner.run(agent, prompts[1], session=session)
+        print(f"user: {prompts[1]}\nagent: {result.final_output}\n")
+        _show_stored(db_path)
+        history = await session.get_items()
     print(f"2. Decrypted history ({len(history)} items):")
     for item in history:
         print(f"   {_summary(item)}")
+    return history
 
-    clock.now += 250  # 650 s after the first turn, 250 s after the second
-    live = await session.get_items()
-    print(
-        f"\n3. 650 s after the first turn its items are past the TTL of {TTL_SECONDS} s: "
-        f"{len(history) - len(live)} items dropped, {len(live)} left:"
-    )
-    for item in live:
-        print(f"   {_summary(item)}")
-    deleted = await session.purge_expired()
+
+async def _expire(db_path: Path, key: str, history: list[Any]) -> None:
+    """A reader with a short TTL: the first turn has expired for it, and it purges it."""
+    async with _open(db_path, key, READER_TTL_SECONDS) as reader:
+        live = await reader.get_items()
+        print(
+            f"\n3. A reader with a TTL of {READER_TTL_SECONDS} s, over {READER_TTL_SECONDS} s "
+            f"after the first turn: {len(history) - len(live)} items dropped, {len(live)} left:"
+        )
+        for item in live:
+            print(f"   {_summary(item)}")
+        deleted = await reader.purge_expired()
     with sqlite3.connect(db_path) as conn:
         (left,) = conn.execute("SELECT COUNT(*) FROM agent_messages").fetchone()
     print(
         f"\n4. purge_expired() deleted the {deleted} expired rows from the file; {left} rows left."
     )
-    await session.close()
+
+
+async def run_demo(db_path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+    # ENCMEM_KEY lets you open the demo file with the encmem command afterwards.
+    key = os.environ.get("ENCMEM_KEY") or generate_key()
+    origin = "taken from ENCMEM_KEY" if os.environ.get("ENCMEM_KEY") else "generated for this run"
+    print(f"encmem demo — database: {db_path.resolve()}\nkey {origin}")
+    history = await _converse(db_path, key)
+    await _expire(db_path, key, history)
     print(
-        f"\ndone — inspect the file yourself: "
+        f"\ndone — every seal time in the file is the real time it was written; look with "
+        f"ENCMEM_KEY=<key> encmem inspect {db_path}, or "
         f"sqlite3 {db_path} 'SELECT message_data FROM agent_messages'"
     )
 

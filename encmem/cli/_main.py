@@ -57,54 +57,40 @@ def parse_ttl(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="encmem",
-        description="Encrypted, expiring conversation memory for AI agents.",
+def _store_command(
+    sub: Any, name: str, help_text: str, keys: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand working on a store (DB), with the options every such command takes."""
+    cmd: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cmd.add_argument("db", metavar="DB", help="a SQLite file path or a SQLAlchemy URL")
+    cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    cmd.add_argument("--sessions-table", default="agent_sessions")
+    cmd.add_argument("--messages-table", default="agent_messages")
+    cmd.add_argument(
+        "--busy-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for a locked SQLite file (default: 5)",
+    )
+    if keys:
+        cmd.add_argument("--key-file", help="file with 'kid:key' pairs or one key")
+    return cmd
 
-    def store_command(name: str, help_text: str, keys: bool = True) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            epilog=_EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        cmd.add_argument("db", metavar="DB", help="a SQLite file path or a SQLAlchemy URL")
-        cmd.add_argument("--json", action="store_true", help="machine-readable output")
-        cmd.add_argument("--sessions-table", default="agent_sessions")
-        cmd.add_argument("--messages-table", default="agent_messages")
-        cmd.add_argument(
-            "--busy-timeout",
-            type=float,
-            default=5.0,
-            metavar="SECONDS",
-            help="how long to wait for a locked SQLite file (default: 5)",
-        )
-        if keys:
-            cmd.add_argument("--key-file", help="file with 'kid:key' pairs or one key")
-        return cmd
 
-    demo = sub.add_parser("demo", help="run the offline demo on a SQLite file")
-    demo.add_argument("--db", default="encmem-demo.db", help="database file (default: %(default)s)")
-    keygen = sub.add_parser("keygen", help="print a new random master key (nothing else)")
-    keygen.add_argument("--kid", help="print it as KID:KEY, ready for ENCMEM_KEYS")
-
-    inspect = store_command("inspect", "sessions, item counts, branches, key ids, expiry")
-    inspect.add_argument("--ttl", type=parse_ttl, help="count items older than this as expired")
-    verify = store_command("verify", "audit: exit 0 only if every item is valid under a known key")
-    verify.add_argument("--ttl", type=parse_ttl, help="also flag items older than this")
+def _add_maintenance_commands(sub: Any) -> None:
     for name, text in (
         ("purge", "delete items older than --ttl from storage"),
         ("rotate", "re-seal every item under the primary key (resumable)"),
-        ("encrypt", "seal plaintext items and upgrade Agents SDK (v1) items in place"),
+        ("encrypt", "seal plaintext items and upgrade Agents SDK (v1) items in place (one-way)"),
     ):
-        cmd = store_command(name, text)
+        cmd = _store_command(sub, name, text)
         if name == "purge":
             cmd.add_argument("--ttl", type=parse_ttl, required=True, help="e.g. 30d, 12h, 600")
         cmd.add_argument("--dry-run", action="store_true", help="count, change nothing")
@@ -114,10 +100,34 @@ def _build_parser() -> argparse.ArgumentParser:
             help="proceed even if some items cannot be opened (they stay as they are)",
         )
         cmd.add_argument("--batch-size", type=int, default=500)
-    export = store_command("export", "decrypted JSON Lines of one session (access requests)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="encmem",
+        description="Encrypted, expiring conversation memory for AI agents.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the offline demo on a SQLite file")
+    demo.add_argument("--db", default="encmem-demo.db", help="database file (default: %(default)s)")
+    keygen = sub.add_parser("keygen", help="print a new random master key (nothing else)")
+    keygen.add_argument("--kid", help="print it as KID:KEY, ready for ENCMEM_KEYS")
+    inspect = _store_command(sub, "inspect", "sessions, item counts, branches, key ids, expiry")
+    inspect.add_argument("--ttl", type=parse_ttl, help="count items older than this as expired")
+    verify = _store_command(
+        sub, "verify", "audit: exit 0 only if every item is valid under a known key"
+    )
+    verify.add_argument("--ttl", type=parse_ttl, help="also flag items older than this")
+    _add_maintenance_commands(sub)
+    export = _store_command(sub, "export", "decrypted JSON Lines of one session (access requests)")
     export.add_argument("--session", required=True, metavar="ID")
     export.add_argument("--out", help="write to this file instead of stdout")
-    erase = store_command("erase", "delete every row of one session from every table", keys=False)
+    erase = _store_command(
+        sub, "erase", "delete every row of one session from every table", keys=False
+    )
     erase.add_argument("--session", required=True, metavar="ID")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
