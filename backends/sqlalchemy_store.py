@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from encmem.errors import NotASessionStoreError
 
 from ._identifiers import check_table_name
+from ._sqlalchemy_engine import open_engine
+from ._sqlalchemy_schema import missing_tables, tables_with_session_id
 from .sqlalchemy import SQLAlchemySession
 
 
@@ -27,46 +25,26 @@ class SQLAlchemySessionStore:
     ) -> None:
         self.sessions_table = check_table_name(sessions_table, "sessions_table")
         self.messages_table = check_table_name(messages_table, "messages_table")
-        self.engine = create_async_engine(url)
+        self.engine = open_engine(url)
         self._sessions: list[SQLAlchemySession] = []
-        self._tables: list[str] = []
 
     async def check(self) -> SQLAlchemySessionStore:
         """Fail with a clear error unless the database holds the session tables."""
-
-        def tables(conn: Connection) -> list[str]:
-            return list(inspect(conn).get_table_names())
-
         try:
-            async with self.engine.connect() as conn:
-                names = await conn.run_sync(tables)
+            missing = await missing_tables(self.engine, (self.sessions_table, self.messages_table))
         except (SQLAlchemyError, OSError) as exc:
             await self.engine.dispose()
             raise NotASessionStoreError(
                 f"cannot open the database ({type(exc).__name__}); check the URL and that the "
                 "server is running"
             ) from None
-        missing = {self.sessions_table, self.messages_table} - set(names)
         if missing:
             await self.engine.dispose()
             raise NotASessionStoreError(
                 f"the database has no {', '.join(sorted(missing))} table; it is not a session "
                 "store (or pass --sessions-table / --messages-table)"
             )
-        self._tables = names
         return self
-
-    async def _session_tables(self) -> list[str]:
-        def with_session_id(conn: Connection) -> list[str]:
-            inspector = inspect(conn)
-            return [
-                name
-                for name in inspector.get_table_names()
-                if any(col["name"] == "session_id" for col in inspector.get_columns(name))
-            ]
-
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(with_session_id)
 
     async def session_ids(self) -> list[str]:
         s, m = self.sessions_table, self.messages_table
@@ -81,7 +59,7 @@ class SQLAlchemySessionStore:
             result = await conn.execute(text(f"SELECT COUNT(*) FROM {self.messages_table}"))
             return int(result.scalar_one())
 
-    def session(self, session_id: str) -> Any:
+    def session(self, session_id: str) -> SQLAlchemySession:
         session = SQLAlchemySession(
             session_id,
             engine=self.engine,
@@ -93,7 +71,7 @@ class SQLAlchemySessionStore:
         return session
 
     async def erase_session(self, session_id: str) -> int:
-        tables = await self._session_tables()
+        tables = await tables_with_session_id(self.engine)
         ordered = sorted(tables, key=lambda name: name == self.sessions_table)
         removed = 0
         async with self.engine.begin() as conn:
@@ -105,8 +83,19 @@ class SQLAlchemySessionStore:
                 removed += max(result.rowcount or 0, 0)
         return removed
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
+        """Close the sessions handed out and dispose the engine. Idempotent."""
         for session in self._sessions:
             await session.close()
         self._sessions.clear()
         await self.engine.dispose()
+
+    async def aclose(self) -> None:
+        """The same as ``close()``."""
+        await self.close()
+
+    async def __aenter__(self) -> SQLAlchemySessionStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from encmem.backends.sqlalchemy import SQLAlchemySession
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from encmem import InvalidItemError
@@ -334,6 +334,58 @@ async def test_async_with_closes_and_a_closed_session_refuses_everything(tmp_pat
     again = SQLAlchemySession.from_url("s", url=url)
     assert await again.get_items() == [msg(1)]  # nothing was written after close
     await again.close()
+
+
+@pytest.mark.parametrize("how", ["close", "aclose", "async with"])
+async def test_close_aclose_and_async_with_each_close_and_closing_again_is_harmless(
+    db: Db, how: str
+) -> None:
+    session_id = sid()
+    session = SQLAlchemySession.from_url(session_id, url=db.url, create_tables=True, **db.tables)
+    engine = session.engine
+    if how == "async with":
+        async with session:
+            await session.add_items([msg(1)])
+    else:
+        await session.add_items([msg(1)])
+        await (session.close() if how == "close" else session.aclose())
+    assert engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    with pytest.raises(SessionClosedError, match=r"is closed; create a new session"):
+        await session.get_items()
+
+    await session.close()
+    await session.aclose()
+    with pytest.raises(SessionClosedError, match="closed"):
+        async with session:
+            pass
+    assert engine.pool.checkedin() == 0  # type: ignore[attr-defined]
+    assert await db.session(session_id).get_items() == [msg(1)]
+
+
+async def test_a_store_on_a_sqlite_url_erases_for_real_and_closes_like_a_session(
+    tmp_path: Path,
+) -> None:
+    from encmem.backends.store import open_store
+
+    path = tmp_path / "store.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    canary = "erase-canary-7c1d"
+    async with SQLAlchemySession.from_url("gone", url=url, create_tables=True) as gone:
+        await gone.add_items([{"role": "user", "content": canary * 20}])
+    async with SQLAlchemySession.from_url("stays", url=url) as stays:
+        await stays.add_items([msg(1)])
+
+    async with await open_store(url) as store:
+        # The store's own connections are configured as the sessions' are, from the first one.
+        async with store.engine.connect() as conn:  # type: ignore[attr-defined]
+            for pragma in ("foreign_keys", "secure_delete"):
+                assert (await conn.execute(text(f"PRAGMA {pragma}"))).scalar_one() == 1
+        assert await store.erase_session("gone") == 2
+        assert await store.session_ids() == ["stays"]
+    await store.aclose()  # closing again is harmless
+    assert canary.encode() not in path.read_bytes()
+    async with SQLAlchemySession.from_url("stays", url=url) as stays:
+        assert await stays.get_items() == [msg(1)]
 
 
 async def test_from_url_passes_engine_kwargs(tmp_path: Path) -> None:
