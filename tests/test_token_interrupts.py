@@ -84,8 +84,14 @@ def test_interrupted_seals_never_store_a_wrong_token() -> None:
     acknowledged: list[str] = []
     previous = signal.signal(signal.SIGALRM, handler)
     chance = random.Random(12)
+    ceiling = 0.00012  # the latest point a timer may fire; tuned below to the machine's speed
     try:
-        for n in range(20000):
+        for n in range(200_000):
+            if len(acknowledged) >= 2000 and interrupts >= 2000:
+                break
+            if n % 500 == 499:  # keep both outcomes common, however loaded the machine is
+                recent_acks = len(acknowledged) / (n + 1)
+                ceiling *= 1.5 if recent_acks < 0.2 else (1 / 1.5 if recent_acks > 0.8 else 1)
             tag = f"note-{n}"
             item = {"role": "user", "content": f"patient note {tag} " + "x" * (n % 97), "n": n}
             attempted[tag] = item
@@ -94,7 +100,7 @@ def test_interrupted_seals_never_store_a_wrong_token() -> None:
                 try:
                     armed = True
                     # A one-shot timer at a random point of the write, whatever the load.
-                    signal.setitimer(signal.ITIMER_REAL, chance.uniform(0.000005, 0.00012))
+                    signal.setitimer(signal.ITIMER_REAL, chance.uniform(0.000005, ceiling))
                     _run_now(session.add_items([item]))
                     done = True
                 finally:
