@@ -20,8 +20,9 @@ from ._advanced_schema import STRUCTURE, USAGE
 
 def user_turn_rows(conn: sqlite3.Connection, scope: Scope, branch: str) -> list[TurnRow]:
     rows = conn.execute(
-        f"""SELECT s.branch_turn_number, s.created_at, m.message_data, s.message_id
-            FROM {STRUCTURE} s JOIN {scope.messages} m ON m.id = s.message_id
+        f"""SELECT s.branch_turn_number, s.created_at, CAST(m.message_data AS BLOB), s.message_id
+            FROM {STRUCTURE} s JOIN {scope.messages} m
+                ON m.id = s.message_id AND m.session_id = s.session_id
             WHERE s.session_id = ? AND s.branch_id = ? AND s.message_type = 'user'
             ORDER BY s.sequence_number""",
         (scope.session_id, branch),

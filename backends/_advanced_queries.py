@@ -234,7 +234,7 @@ def select_tail(
     """The newest ``limit`` items of ``branch`` (all when None) older than ``before_id``."""
     bound = _bound(conn, scope, branch, before_id)
     rows = conn.execute(
-        f"""SELECT s.message_id, m.message_data
+        f"""SELECT s.message_id, CAST(m.message_data AS BLOB)
             FROM {STRUCTURE} s JOIN {scope.messages} m
                 ON m.id = s.message_id AND m.session_id = s.session_id
             WHERE s.session_id = ? AND s.branch_id = ? AND s.sequence_number < ?
@@ -278,7 +278,7 @@ def pop_newest(conn: sqlite3.Connection, scope: Scope, branch: str) -> Item | No
         return None
     message_id, turn = claimed
     data = conn.execute(
-        f"SELECT message_data FROM {scope.messages} WHERE id = ?", (message_id,)
+        f"SELECT CAST(message_data AS BLOB) FROM {scope.messages} WHERE id = ?", (message_id,)
     ).fetchone()
     drop_unused_messages(conn, scope, [message_id])
     drop_empty_turn_usage(conn, scope, branch, [turn])

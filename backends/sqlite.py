@@ -143,7 +143,7 @@ class SQLiteSession:
         """The newest ``limit`` rows (all when None) older than ``before_id``, in one query."""
         bound = before_id if before_id is not None else NO_BOUND
         rows = conn.execute(
-            f"SELECT id, message_data FROM {self.messages_table} "
+            f"SELECT id, CAST(message_data AS BLOB) FROM {self.messages_table} "
             "WHERE session_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             (self.session_id, bound, -1 if limit is None else limit),
         ).fetchall()
@@ -188,7 +188,7 @@ class SQLiteSession:
         def pop(conn: sqlite3.Connection) -> Item | None:
             row = conn.execute(
                 f"DELETE FROM {m} WHERE id = (SELECT id FROM {m} WHERE session_id = ? "
-                "ORDER BY id DESC LIMIT 1) RETURNING id, message_data",
+                "ORDER BY id DESC LIMIT 1) RETURNING id, CAST(message_data AS BLOB)",
                 (self.session_id,),
             ).fetchone()
             if row is None:

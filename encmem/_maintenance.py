@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
 from ._reading import OnInvalid, is_expired
-from .envelope import FORMAT_VERSION, Opener, is_envelope, seal
-from .errors import DecryptionError
+from .envelope import FORMAT_VERSION, Opener, is_envelope, looks_sealed, seal
+from .errors import DecryptionError, InvalidItemError, PlaintextItemError
 from .items import CorruptRow, Item, encode_item
 from .keys import Keyring
 from .protocol import Capabilities, ItemAddressing, Session, StoredItem
@@ -167,7 +167,12 @@ async def _reseal(
                 result.unchanged += 1
                 continue
             if action == "seal" and not isinstance(obj, CorruptRow):
-                replacements[stored.id] = seal(key, kid, obj, encode_item(obj), now)
+                try:
+                    replacements[stored.id] = seal(key, kid, obj, encode_item(obj), now)
+                except InvalidItemError as exc:  # NaN, lone surrogates: nothing can seal it
+                    result.unreadable += 1
+                    refused = PlaintextItemError(f"a plaintext item cannot be sealed: {exc}")
+                    _unreadable(session, refused, stored)
                 continue
             try:
                 opened = opener.open(obj)
@@ -187,7 +192,13 @@ async def _reseal(
 
 
 def _current(obj: Item, kid: str) -> bool:
-    return is_envelope(obj) and obj.get("v") == FORMAT_VERSION and obj.get("kid") == kid
+    version = obj.get("v")
+    return (
+        is_envelope(obj)
+        and type(version) is int
+        and version == FORMAT_VERSION
+        and (obj.get("kid") == kid)
+    )
 
 
 async def rotate(
@@ -260,8 +271,8 @@ async def encrypt_existing(
 
     def choose(obj: Item, kid: str) -> Action:
         if not is_envelope(obj):
-            return "seal"
-        return "keep" if obj.get("v") == FORMAT_VERSION else "open"
+            return "open" if looks_sealed(obj) else "seal"
+        return "keep" if _current(obj, obj.get("kid", "")) else "open"
 
     return await _reseal(
         session,
@@ -271,4 +282,3 @@ async def encrypt_existing(
         progress=progress,
         dry_run=dry_run,
     )
-

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ SDK_FORMAT_VERSION = 1
 CLEAR_FIELDS = ("role", "type", "name", "namespace", "server_label")
 _ENVELOPE_KEYS = frozenset(("__enc__", "v", "kid", "payload"))
 _CLEAR_SET = frozenset(CLEAR_FIELDS)
+_SHOWABLE = re.compile(r"[A-Za-z0-9._-]{1,64}|hkdf-v1")
 MAX_CLOCK_SKEW = 60
 """Seconds a seal time may lie ahead of the reader's clock (Fernet's own allowance)."""
 
@@ -52,6 +54,15 @@ def is_envelope(obj: object) -> bool:
         and "kid" in obj
         and "v" in obj
     )
+
+
+def looks_sealed(obj: dict[str, Any]) -> bool:
+    """Whether a stored object carries any of an envelope's markers.
+
+    Such an object is never plaintext: a damaged or edited envelope is refused as tampered,
+    never sealed (or read) as if the key holder had written it.
+    """
+    return "__enc__" in obj or ("payload" in obj and "kid" in obj)
 
 
 def clear_fields(item: Item) -> dict[str, Any]:
@@ -101,6 +112,26 @@ def _decode_sealed(text: str) -> Item:
     return value
 
 
+def _same_json(a: object, b: object) -> bool:
+    """Equal as JSON values: ``1``, ``1.0`` and ``true`` differ, as they do to SQL readers."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        assert isinstance(b, dict)
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        assert isinstance(b, list)
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def shown(value: object) -> str:
+    """A stored value for an error message: short, and a valid key id or nothing of it."""
+    if isinstance(value, str) and _SHOWABLE.fullmatch(value):
+        return repr(value)
+    return f"<a {type(value).__name__} that is not a valid key id>"
+
+
 def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
     """The clear fields must be exactly the item's structural fields, with nothing else."""
     for name, value in obj.items():
@@ -108,7 +139,7 @@ def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
             continue
         if name not in _CLEAR_SET:
             raise TamperedItemError(f"the envelope has an unexpected field {name!r}")
-        if name not in item or item[name] != value:
+        if name not in item or not _same_json(item[name], value):
             raise TamperedItemError("the envelope's clear fields do not match its sealed content")
     for name in CLEAR_FIELDS:
         if name in item and name not in obj:
@@ -178,13 +209,17 @@ class Opener:
         if isinstance(obj, CorruptRow):
             raise CorruptRowError(f"a stored row cannot be read: {obj.reason}")
         if not is_envelope(obj):
+            if isinstance(obj, dict) and looks_sealed(obj):
+                raise TamperedItemError("an envelope's markers were damaged or removed")
             raise PlaintextItemError("a plaintext item was found where an encrypted one belongs")
         assert isinstance(obj, dict)
         token, kid, version = obj["payload"], obj["kid"], obj["v"]
         if not isinstance(token, str) or not isinstance(kid, str):
             raise TamperedItemError("the envelope's payload or kid is not a string")
         if type(version) is not int:
-            raise TamperedItemError(f"the envelope's format version is not an integer: {version!r}")
+            raise TamperedItemError(
+                f"the envelope's format version is not an integer (a {type(version).__name__})"
+            )
         if version == FORMAT_VERSION:
             return self._open_v2(obj, token, kid, remember)
         if version == SDK_FORMAT_VERSION and kid == SDK_KID:
@@ -193,20 +228,22 @@ class Opener:
                     "an Agents SDK (v1) envelope has fields the SDK never writes"
                 )
             return self._open_sdk(token)
-        raise TamperedItemError(f"unknown envelope format v={version!r} kid={kid!r}")
+        shown_version = version if abs(version) < 10**6 else "<a large number>"
+        raise TamperedItemError(f"unknown envelope format v={shown_version} kid={shown(kid)}")
 
     def _open_v2(self, obj: dict[str, Any], token: str, kid: str, remember: bool) -> Opened:
         cached = self._cache.get(token) if self._cache_size else None
-        if cached is not None and cached[0] == obj:
+        if cached is not None and _same_json(cached[0], obj):
             # The very envelope that was verified before: same token, kid and clear fields.
             # Its JSON text was checked then; each hit parses a fresh copy for the caller.
             return Opened(_scan_json(cached[1], 0)[0], cached[2], kid, FORMAT_VERSION)
         key = self._key(kid)
         if key is None:
             raise UnknownKeyIdError(
-                f"the item was sealed under key id {kid!r}, which the keyring does not "
+                f"the item was sealed under key id {shown(kid)}, which the keyring does not "
                 f"hold (it holds {list(self.keyring.kids)}); add that key to the Keyring "
-                "to read it"
+                "to read it",
+                kid=kid if _SHOWABLE.fullmatch(kid) else None,
             )
         opened = key.open(token)
         if opened is None:

@@ -111,7 +111,11 @@ _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", boo
 def decode_stored(text: str | bytes) -> Item | CorruptRow:
     """Parse a stored row: the item, or a :class:`CorruptRow` saying why it is not one."""
     try:
-        value = _decoder.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+        decoded = text.decode("utf-8") if isinstance(text, bytes) else text
+    except UnicodeDecodeError:
+        return CorruptRow("it is not UTF-8 text")
+    try:
+        value = _decoder.decode(decoded)
     except _DuplicateKey:
         return CorruptRow("it has a duplicate key")
     except (ValueError, TypeError, RecursionError):

@@ -26,6 +26,7 @@ from ._options import (
 from ._popping import pop_by_id, pop_generic
 from ._reading import Fetch, OnInvalid, Reader, Window
 from .envelope import Opener, seal
+from .errors import TamperedItemError
 from .items import Item, encode_items
 from .keys import KeyInput, Keyring, as_keyring
 from .protocol import Capabilities, Session, StoredItem, TurnRow
@@ -257,8 +258,16 @@ class EncryptedSession:
         opened_rows: list[tuple[TurnRow, Item]] = []
         for row in rows:
             opened = self._reader.open(row.item, now, None, None)
-            if opened is not None:
-                opened_rows.append((row, opened.item))
+            if opened is None:
+                continue
+            if opened.item.get("role") != "user":  # the structure row is clear text: check it
+                forged = TamperedItemError(
+                    f"turn {row.turn} is listed as a user turn, but its sealed item is not a "
+                    "user message (the structure rows were edited)"
+                )
+                self._reader.refuse(forged, None, row.message_id, "skipped")
+                continue
+            opened_rows.append((row, opened.item))
         return opened_rows
 
     async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:

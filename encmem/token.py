@@ -47,6 +47,8 @@ class FernetKey:
         """(plaintext, seal time) if the token is authentic under this key, else None."""
         if len(token) % 4 or not _TOKEN_SPELLING.fullmatch(token):
             return None
+        if base64.urlsafe_b64encode(base64.urlsafe_b64decode(token)) != token.encode("ascii"):
+            return None  # unused low bits set: another spelling of the same bytes
         try:
             plaintext = self.fernet.decrypt(token)
         except InvalidToken:

@@ -267,8 +267,8 @@ def test_every_variant_is_rejected_with_the_right_error_class() -> None:
         ({**envelope, "kid": "other"}, TamperedItemError),
         ({**envelope, "role": "user"}, TamperedItemError),
         ({**envelope, "payload": envelope["payload"][:-4]}, TamperedItemError),
-        ({k: v for k, v in envelope.items() if k != "__enc__"}, PlaintextItemError),
-        ({**envelope, "__enc__": 2}, PlaintextItemError),
+        ({k: v for k, v in envelope.items() if k != "__enc__"}, TamperedItemError),
+        ({**envelope, "__enc__": 2}, TamperedItemError),
         (ITEMS[0], PlaintextItemError),
     ]
     for obj, expected in cases:

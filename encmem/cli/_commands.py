@@ -36,15 +36,30 @@ EXIT_STORE = 4
 EXIT_UNEXPECTED = 5
 
 
+def _keyring_from_file(path: Path) -> Keyring:
+    """A key file holds text ('kid:key' pairs or one key) or exactly 32 raw key bytes."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read the key file: {exc.strerror}", EXIT_KEYS) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        if len(data) == 32:
+            return Keyring(data)
+        raise CommandError(
+            f"the key file is not a text key ({len(data)} bytes that are not UTF-8 text); "
+            "write 'kid:key' pairs or one key from `encmem keygen` into it",
+            EXIT_KEYS,
+        ) from None
+    return Keyring.parse(text)
+
+
 def load_keyring(key_file: str | None) -> Keyring:
     """Keys from --key-file, else ENCMEM_KEYS (kid:key pairs), else ENCMEM_KEY (one key)."""
     try:
         if key_file:
-            try:
-                text = Path(key_file).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise CommandError(f"cannot read the key file: {exc.strerror}", EXIT_KEYS) from None
-            return Keyring.parse(text)
+            return _keyring_from_file(Path(key_file))
         if os.environ.get("ENCMEM_KEYS", "").strip():
             return Keyring.from_env("ENCMEM_KEYS")
         if os.environ.get("ENCMEM_KEY", "").strip():
@@ -59,9 +74,13 @@ def load_keyring(key_file: str | None) -> Keyring:
 
 
 def iso(seconds: float | None) -> str | None:
+    """A seal time as UTC text; None when unknown or beyond what a calendar can show."""
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 async def _branches(session: Any) -> list[str | None]:

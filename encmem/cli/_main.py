@@ -133,6 +133,15 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
+def _safe(text: object) -> str:
+    """Stored text for the terminal: control characters escaped, so that a session id or key
+    id read from the store cannot rewrite what the report shows."""
+    return str(text).translate(_CONTROL)
+
+
 def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
@@ -150,11 +159,11 @@ def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
             "newest",
         )
         rows = [
-            [str(row[c]) if row[c] is not None else "-" for c in columns]
+            [_safe(row[c]) if row[c] is not None else "-" for c in columns]
             for row in report["sessions"]
         ]
         for row, session in zip(rows, report["sessions"], strict=True):
-            row.append(",".join(f"{k}:{n}" for k, n in session["key_ids"].items()) or "-")
+            row.append(_safe(",".join(f"{k}:{n}" for k, n in session["key_ids"].items())) or "-")
         header = [*columns, "key_ids"]
         widths = [
             max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
@@ -168,10 +177,10 @@ def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
         return
     if command == "verify":
         for problem in report["problems"]:
-            branch = f" branch {problem['branch_id']}" if problem["branch_id"] else ""
+            branch = f" branch {_safe(problem['branch_id'])}" if problem["branch_id"] else ""
             print(
-                f"{problem['session_id']}{branch} storage id {problem['storage_id']}: "
-                f"{problem['problem']}"
+                f"{_safe(problem['session_id'])}{branch} storage id {problem['storage_id']}: "
+                f"{_safe(problem['problem'])}"
             )
         verdict = "OK" if report["ok"] else f"FAILED: {len(report['problems'])} problems"
         print(f"{verdict} ({report['checked']} items checked)")
@@ -186,7 +195,8 @@ def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
         )
         return
     if command == "erase":
-        print(f"erased session {report['session_id']!r}: {report['rows_removed']} rows removed")
+        removed = report["rows_removed"]
+        print(f"erased session {_safe(report['session_id'])!r}: {removed} rows removed")
         return
     if command == "export":
         sys.stderr.write(f"exported {report['exported']} items of {report['session_id']!r}\n")
