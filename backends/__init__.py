@@ -7,19 +7,26 @@ They store JSON objects and know nothing about encryption; wrap any of them in
 
 from typing import TYPE_CHECKING, Any
 
-from .advanced_sqlite import AdvancedSQLiteSession
-from .sqlite import SQLiteSession
+from ._advanced_sqlite import AdvancedSQLiteSession
+from ._sqlite import SQLiteSession
+from ._store import SQLiteSessionStore, open_store
 
 if TYPE_CHECKING:
-    from .sqlalchemy import SQLAlchemySession
+    from ._sqlalchemy import SQLAlchemySession
 
-__all__ = ["AdvancedSQLiteSession", "SQLAlchemySession", "SQLiteSession"]
+__all__ = [
+    "AdvancedSQLiteSession",
+    "SQLAlchemySession",
+    "SQLiteSession",
+    "SQLiteSessionStore",
+    "open_store",
+]
 
 
 def __getattr__(name: str) -> Any:
     if name == "SQLAlchemySession":
         try:
-            from .sqlalchemy import SQLAlchemySession
+            from ._sqlalchemy import SQLAlchemySession
         except ImportError as exc:
             raise ImportError(
                 "SQLAlchemySession needs the sqlalchemy extra: pip install 'encmem[sqlalchemy]'"

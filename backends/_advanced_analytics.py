@@ -1,7 +1,7 @@
 """The turn and usage queries of AdvancedSQLiteSession, as functions of a sqlite3 connection.
 
 Turn numbers and message types come from the clear structure rows; the content-aware answers
-built on them (previews, search) are computed over the items by :mod:`encmem.turns`.
+built on them (previews, search) are computed over the items by :mod:`encmem._turns`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from encmem.items import decode_stored
-from encmem.protocol import TurnRow
+from encmem._items import decode_stored
+from encmem._protocol import TurnRow
 
 from . import _advanced_items as items
 from ._advanced_queries import Scope

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from encmem.items import Item
+from encmem._items import Item
 
 #: message types counted by ``get_tool_usage`` (``tool_search_output`` is handled apart)
 TOOL_CALL_TYPES = (

@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from encmem._items import CorruptRow, Item, decode_stored
+from encmem._protocol import StoredItem
 from encmem.errors import BranchError
-from encmem.items import CorruptRow, Item, decode_stored
-from encmem.protocol import StoredItem
 
 from . import _advanced_items as items
 from ._advanced_schema import BRANCHES, STRUCTURE, USAGE

@@ -2,7 +2,7 @@
 
 A row that is not one JSON object with unique keys is never dropped quietly: readers that
 return plain items raise :class:`~encmem.errors.CorruptRowError` naming the row, and the
-addressed reads hand it on as a :class:`~encmem.items.CorruptRow` for the decorator to
+addressed reads hand it on as a :class:`~encmem._items.CorruptRow` for the decorator to
 refuse or, when told to, skip with a warning.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from encmem._items import CorruptRow, Item, decode_stored
+from encmem._protocol import StoredItem
 from encmem.errors import CorruptRowError
-from encmem.items import CorruptRow, Item, decode_stored
-from encmem.protocol import StoredItem
 
 
 def decode_rows(rows: Sequence[Any]) -> list[StoredItem]:

@@ -71,27 +71,27 @@ def _import(what: str, loader: Callable[[], Any]) -> Any:
 
 def _encmem_inner(spec: CellSpec, sid: str, db: Path, pg_url: str | None) -> tuple[Any, Any]:
     def load_sqlite() -> Any:
-        from encmem.backends.sqlite import SQLiteSession
+        from encmem.backends._sqlite import SQLiteSession
 
         return SQLiteSession
 
     def load_advanced() -> Any:
-        from encmem.backends.advanced_sqlite import AdvancedSQLiteSession
+        from encmem.backends._advanced_sqlite import AdvancedSQLiteSession
 
         return AdvancedSQLiteSession
 
     def load_sqla() -> Any:
-        from encmem.backends.sqlalchemy import SQLAlchemySession
+        from encmem.backends._sqlalchemy import SQLAlchemySession
 
         return SQLAlchemySession
 
     if spec.backend == "sqlite":
-        session = _import("encmem.backends.sqlite", load_sqlite)(sid, db)
+        session = _import("encmem.backends._sqlite", load_sqlite)(sid, db)
     elif spec.backend == "advanced":
-        cls = _import("encmem.backends.advanced_sqlite", load_advanced)
+        cls = _import("encmem.backends._advanced_sqlite", load_advanced)
         session = cls(session_id=sid, db_path=db, create_tables=True)
     else:
-        cls = _import("encmem.backends.sqlalchemy", load_sqla)
+        cls = _import("encmem.backends._sqlalchemy", load_sqla)
         session = cls.from_url(sid, url=_sqla_url(spec, db, pg_url), create_tables=True)
     return session, session.close
 

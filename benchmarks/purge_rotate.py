@@ -26,7 +26,7 @@ def available() -> str | None:
 
 
 async def fill_store(db: Path, k1: str, sessions: int, per_session: int, sealed_at: float) -> None:
-    from encmem.backends.sqlite import SQLiteSession
+    from encmem.backends._sqlite import SQLiteSession
 
     from encmem import EncryptedSession, Keyring
 
@@ -43,12 +43,12 @@ async def fill_store(db: Path, k1: str, sessions: int, per_session: int, sealed_
 
 async def _store_wide(db: Path, job: str, ring: Any, clock: Any) -> tuple[str, Any]:
     """Run the store-wide function when encmem has one, else loop sessions."""
-    from encmem.backends.sqlite import SQLiteSession
+    from encmem.backends._sqlite import SQLiteSession
 
     from encmem import EncryptedSession
 
     try:
-        from encmem.backends.store import open_store
+        from encmem.backends import open_store
 
         import encmem as maintenance
     except ImportError:

@@ -4,6 +4,19 @@
 ``encmem.backends``.
 """
 
+from ._items import CorruptRow
+from ._keys import Keyring, generate_key
+from ._protocol import (
+    BranchAddressing,
+    Branching,
+    ItemAddressing,
+    Session,
+    SessionStore,
+    StoredItem,
+    TurnRow,
+    UserTurnSource,
+)
+from ._session import EncryptedSession
 from ._stores import encrypt_store, purge_store, rotate_store
 from .errors import (
     BranchError,
@@ -24,31 +37,38 @@ from .errors import (
     UnrestoredItemsError,
     UnsupportedOperation,
 )
-from .keys import Keyring, generate_key
-from .session import EncryptedSession
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BranchAddressing",
     "BranchError",
+    "Branching",
     "CommandError",
+    "CorruptRow",
     "CorruptRowError",
     "DecryptionError",
     "EncmemError",
     "EncryptedSession",
     "InvalidItemError",
     "InvalidKeyError",
+    "ItemAddressing",
     "Keyring",
     "MissingTablesError",
     "NotASessionStoreError",
     "PlaintextItemError",
     "ScanBudgetExceeded",
+    "Session",
     "SessionClosedError",
+    "SessionStore",
     "StoreError",
+    "StoredItem",
     "TamperedItemError",
+    "TurnRow",
     "UnknownKeyIdError",
     "UnrestoredItemsError",
     "UnsupportedOperation",
+    "UserTurnSource",
     "__version__",
     "encrypt_store",
     "generate_key",

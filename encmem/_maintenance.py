@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
+from ._envelope import FORMAT_VERSION, Opener, is_envelope, looks_sealed, seal
+from ._items import CorruptRow, Item, encode_item
+from ._keys import Keyring
+from ._protocol import Capabilities, ItemAddressing, Session, StoredItem
 from ._reading import OnInvalid, is_expired
-from .envelope import FORMAT_VERSION, Opener, is_envelope, looks_sealed, seal
 from .errors import DecryptionError, InvalidItemError, PlaintextItemError
-from .items import CorruptRow, Item, encode_item
-from .keys import Keyring
-from .protocol import Capabilities, ItemAddressing, Session, StoredItem
 
 Progress = Callable[[int], None]
 """Called after each committed batch with the number of items examined so far."""

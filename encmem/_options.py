@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import cast
 
+from ._items import check_session_id
+from ._protocol import Session
 from ._reading import OnInvalid
 from .errors import UnsupportedOperation
-from .items import check_session_id
-from .protocol import Session
 
 HISTORY_METHODS = ("get_items", "add_items", "pop_item", "clear_session")
 _SERVER_SIDE_SESSIONS = frozenset({"OpenAIConversationsSession"})

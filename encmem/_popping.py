@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ._items import Item
+from ._protocol import Session
 from ._reading import Fetch, Reader, is_expired
 from .errors import DecryptionError, UnrestoredItemsError
-from .items import Item
-from .protocol import Session
 
 Delete = Callable[[Sequence[int]], Awaitable[int]]
 

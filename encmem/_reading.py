@@ -1,7 +1,7 @@
 """Reading a sealed session: opening stored objects under the session's rules, and tail reads.
 
 The rules (TTL, what to do with an unreadable item, the clock, the scan budget) belong to
-the :class:`~encmem.session.EncryptedSession`; a :class:`Reader` applies them to what the
+the :class:`~encmem._session.EncryptedSession`; a :class:`Reader` applies them to what the
 wrapped session returns, through the Session protocol and its optional capabilities only.
 """
 
@@ -11,10 +11,10 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, Protocol
 
-from .envelope import Opened, Opener
+from ._envelope import Opened, Opener
+from ._items import Item
+from ._protocol import StoredItem
 from .errors import DecryptionError, ScanBudgetExceeded
-from .items import Item
-from .protocol import StoredItem
 
 logger = logging.getLogger("encmem")
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _maintenance as maintenance
-from .keys import KeyInput, Keyring
-from .protocol import SessionStore
-from .session import EncryptedSession
+from ._keys import KeyInput, Keyring
+from ._protocol import SessionStore
+from ._session import EncryptedSession
 
 StoreProgress = Callable[[int, int], None]
 """Called after each committed batch with (items examined so far, items in the store)."""

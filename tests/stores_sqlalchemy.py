@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from encmem.backends.sqlalchemy import SQLAlchemySession
+from encmem.backends._sqlalchemy import SQLAlchemySession
 
 from .pg import drop_tables, pg_url, run_sync, unique_tables
 from .stores import Store, sqlite_raw_messages

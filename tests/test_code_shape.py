@@ -87,7 +87,7 @@ def test_layers_import_downwards_only() -> None:
 
 
 def test_backends_know_nothing_about_encryption() -> None:
-    secret_modules = ("encmem.keys", "encmem._keys", "encmem.envelope", "encmem._envelope")
+    secret_modules = ("encmem._keys", "encmem._keyparse", "encmem._envelope", "encmem._token")
     wrong = [
         f"{_module_name(path)} imports {target}"
         for path in (ROOT / "backends").rglob("*.py")
@@ -129,3 +129,44 @@ def test_no_private_attribute_of_a_dependency_is_used() -> None:
                     f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}"
                 )
     assert offenders == []
+
+
+def test_modules_that_are_not_api_are_underscored() -> None:
+    public = {"__init__.py", "__main__.py", "errors.py"}
+    exposed = [
+        str(path.relative_to(ROOT))
+        for path in _sources()
+        if path.name not in public and not path.name.startswith("_")
+    ]
+    assert exposed == []
+
+
+def test_the_public_api_is_what_all_names() -> None:
+    import encmem
+    import encmem.backends
+
+    for module in (encmem, encmem.backends):
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert missing == []
+    assert {"EncryptedSession", "Keyring", "rotate_store", "Branching"} <= set(encmem.__all__)
+    assert {"SQLiteSession", "open_store"} <= set(encmem.backends.__all__)
+
+
+def test_one_close_convention_everywhere() -> None:
+    import encmem
+    import encmem.backends
+
+    classes = [
+        encmem.EncryptedSession,
+        encmem.backends.SQLiteSession,
+        encmem.backends.AdvancedSQLiteSession,
+        encmem.backends.SQLAlchemySession,
+        encmem.backends.SQLiteSessionStore,
+    ]
+    lacking = [
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for name in ("close", "aclose", "__aenter__", "__aexit__")
+        if not callable(getattr(cls, name, None))
+    ]
+    assert lacking == []

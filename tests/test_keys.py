@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from encmem import InvalidKeyError, Keyring, generate_key
-from encmem.envelope import open_envelope, seal
-from encmem.keys import fingerprint, parse_key
+from encmem._envelope import open_envelope, seal
+from encmem._keys import fingerprint, parse_key
 
 from .conftest import TEST_KEY
 from .strategies import json_objects
@@ -167,7 +167,7 @@ def test_from_env_reads_pairs_primary_first(monkeypatch: pytest.MonkeyPatch) -> 
 @settings(max_examples=200, deadline=None)
 @given(item=json_objects, sealed_at=st.integers(min_value=0, max_value=2**40))
 def test_seal_then_open_round_trips(item: dict[str, object], sealed_at: int) -> None:
-    from encmem.items import encode_item
+    from encmem._items import encode_item
 
     ring = Keyring({"k": TEST_KEY})
     envelope = seal(ring.session_key("k", "s"), "k", item, encode_item(item), sealed_at)  # type: ignore[arg-type]

@@ -39,8 +39,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from encmem import InvalidKeyError, Keyring, generate_key
-from encmem.keys import check_kid, fingerprint, parse_key
-from encmem.token import FernetKey
+from encmem._keys import check_kid, fingerprint, parse_key
+from encmem._token import FernetKey
 
 ENCMEM = str(Path(sys.executable).with_name("encmem"))
 KEY, OTHER = generate_key(), generate_key()
@@ -403,7 +403,7 @@ def test_one_keyring_shared_by_8_threads_over_6500_sessions() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_can_use_a_keyring_whose_lock_was_held() -> None:
-    from encmem import keys as keys_module
+    from encmem import _keys as keys_module
 
     ring = Keyring(KEY)
     expected = ring.session_fernet(ring.primary_kid, "s").encrypt(b"x")  # type: ignore[union-attr]

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from encmem.backends import SQLiteSession
-from encmem.backends.store import open_store
+from encmem.backends import SQLiteSession, open_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,7 @@ from encmem import (
     purge_store,
     rotate_store,
 )
-from encmem.envelope import token_timestamp
+from encmem._envelope import token_timestamp
 
 from .stores import STORES, Store
 from .strategies import items as any_item

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from encmem import EncmemError, Keyring, generate_key
-from encmem.envelope import CLEAR_FIELDS, Opened, open_envelope, seal
-from encmem.items import encode_item
-from encmem.keys import SDK_KID
+from encmem._envelope import CLEAR_FIELDS, Opened, open_envelope, seal
+from encmem._items import encode_item
+from encmem._keys import SDK_KID
 
 from .figures import figure
 from .strategies import json_objects, json_values

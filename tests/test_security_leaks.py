@@ -30,8 +30,8 @@ from encmem import (
     Keyring,
     generate_key,
 )
-from encmem.envelope import open_envelope
-from encmem.keys import parse_key
+from encmem._envelope import open_envelope
+from encmem._keys import parse_key
 
 from .figures import figure
 from .stores import STORES, EncryptedStore, Store

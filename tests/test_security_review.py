@@ -26,7 +26,7 @@ from encmem import (
     TamperedItemError,
     generate_key,
 )
-from encmem.envelope import open_envelope
+from encmem._envelope import open_envelope
 from encmem.errors import CorruptRowError
 
 from .conftest import TEST_KEY
@@ -293,7 +293,7 @@ async def test_popped_plaintext_leaves_the_cache(kind: str, tmp_path: Path) -> N
 
 
 async def test_erase_works_with_tables_whose_names_need_quoting(tmp_path: Path) -> None:
-    from encmem.backends.store import open_store
+    from encmem.backends import open_store
 
     path = tmp_path / "quoted.db"
     session = SQLiteSession("s", path)
@@ -351,7 +351,7 @@ def test_no_module_of_the_project_uses_cipher_primitives() -> None:
     }
     assert {path: names for path, names in offenders.items() if names} == {}
     # Tokens are signed by Fernet: the token and envelope modules compute no MAC themselves.
-    for name in ("token.py", "envelope.py"):
+    for name in ("_token.py", "_envelope.py"):
         assert not {n for n in _imports(ROOT / "encmem" / name) if n.split(".")[0] == "hmac"}
 
 

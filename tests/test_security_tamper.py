@@ -1,6 +1,6 @@
 """Tamper matrix: every edit of a sealed item's token or envelope fields is rejected.
 
-The full matrix runs against :func:`encmem.envelope.open_envelope` directly (fast); a sample
+The full matrix runs against :func:`encmem._envelope.open_envelope` directly (fast); a sample
 of it runs end to end through every SQLite-file store of ``tests.stores.STORES``. Each test
 prints a ``FIGURE`` line with the number of variants tried and rejected, and the number of
 wrong plaintexts returned (always 0).
@@ -27,8 +27,8 @@ from encmem import (
     UnknownKeyIdError,
     generate_key,
 )
-from encmem.envelope import CLEAR_FIELDS, clear_fields, open_envelope, seal
-from encmem.items import encode_item
+from encmem._envelope import CLEAR_FIELDS, clear_fields, open_envelope, seal
+from encmem._items import encode_item
 
 from .figures import figure
 from .stores import STORES, EncryptedStore

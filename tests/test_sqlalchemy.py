@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from encmem.backends.sqlalchemy import SQLAlchemySession
+from encmem.backends._sqlalchemy import SQLAlchemySession
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -365,7 +365,7 @@ async def test_close_aclose_and_async_with_each_close_and_closing_again_is_harml
 async def test_a_store_on_a_sqlite_url_erases_for_real_and_closes_like_a_session(
     tmp_path: Path,
 ) -> None:
-    from encmem.backends.store import open_store
+    from encmem.backends import open_store
 
     path = tmp_path / "store.db"
     url = f"sqlite+aiosqlite:///{path}"

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SNIPPET = textwrap.dedent(
     """
     import asyncio, os, sys
-    from encmem.backends.sqlalchemy import SQLAlchemySession
+    from encmem.backends._sqlalchemy import SQLAlchemySession
 
     async def round_trip(url, **kwargs):
         items = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hé"}]

@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encmem.token import FernetKey
+from encmem._token import FernetKey
 
 RAW = os.urandom(32)
 KEY = FernetKey(RAW)

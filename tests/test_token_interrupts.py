@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from encmem import EncryptedSession, Keyring
-from encmem.envelope import open_envelope
+from encmem._envelope import open_envelope
 
 from .conftest import TEST_KEY
 

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import _stores as maintenance
-from ..envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
+from .._envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
+from .._items import CorruptRow
+from .._keys import Keyring
+from .._protocol import SessionStore
 from ..errors import (
     CommandError,
     DecryptionError,
@@ -23,9 +26,6 @@ from ..errors import (
     InvalidKeyError,
     TamperedItemError,
 )
-from ..items import CorruptRow
-from ..keys import Keyring
-from ..protocol import SessionStore
 from ._progress import ProgressBar
 
 EXIT_OK = 0

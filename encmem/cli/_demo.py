@@ -12,8 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from ..keys import generate_key
-from ..session import EncryptedSession
+from .._keys import generate_key
+from .._session import EncryptedSession
 
 DEMO_DB = "encmem-demo.db"
 TTL_SECONDS = 600

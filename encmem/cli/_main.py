@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .._keys import check_kid, generate_key
 from ..errors import (
     CommandError,
     DecryptionError,
@@ -28,7 +29,6 @@ from ..errors import (
     UnknownKeyIdError,
     UnsupportedOperation,
 )
-from ..keys import check_kid, generate_key
 from . import _commands as commands
 
 _EPILOG = """\
@@ -203,7 +203,7 @@ def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from ..backends.store import open_store
+    from ..backends._store import open_store
 
     keyring = None
     if args.command != "erase":

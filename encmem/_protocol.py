@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
+from ._items import CorruptRow, Item
 from .errors import UnsupportedOperation
-from .items import CorruptRow, Item
 
 
 @runtime_checkable
@@ -34,7 +34,7 @@ class Session(Protocol):
 class StoredItem(NamedTuple):
     """An item as stored, with the backend's id for it (ids grow with insertion order).
 
-    A row that holds no readable item comes as a :class:`~encmem.items.CorruptRow`, so
+    A row that holds no readable item comes as a :class:`~encmem._items.CorruptRow`, so
     that the reader decides, loudly, what to do with it.
     """
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from encmem._items import Item, check_session_id, decode_stored, encode_items
+from encmem._protocol import StoredItem
+from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import MissingTablesError, SessionClosedError
-from encmem.items import Item, check_session_id, decode_stored, encode_items
-from encmem.protocol import StoredItem
-from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from ._identifiers import check_table_name
 from ._rows import decode_rows, plain_item, plain_items

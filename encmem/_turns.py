@@ -13,8 +13,8 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
-from .items import Item
-from .protocol import TurnRow
+from ._items import Item
+from ._protocol import TurnRow
 
 PREVIEW_LENGTH = 100
 

@@ -8,9 +8,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from encmem.errors import NotASessionStoreError
 
 from ._identifiers import check_table_name
+from ._sqlalchemy import SQLAlchemySession
 from ._sqlalchemy_engine import open_engine
 from ._sqlalchemy_schema import missing_tables, tables_with_session_id
-from .sqlalchemy import SQLAlchemySession
 
 
 class SQLAlchemySessionStore:

@@ -4,7 +4,7 @@ A drop-in for the Agents SDK's ``AdvancedSQLiteSession`` (same constructor, meth
 shapes and the seed's ``message_structure`` / ``turn_usage`` schema) that also works when
 wrapped in :class:`encmem.EncryptedSession`: items are classified by their ``role`` / ``type``
 / tool-name fields, which envelopes carry in the clear, and the content-aware queries are the
-shared ones of :mod:`encmem.turns` over :meth:`get_user_turn_items`.
+shared ones of :mod:`encmem._turns` over :meth:`get_user_turn_items`.
 
 Each operation is one job on the shared connection thread, one transaction for writes, so a
 message and its structure rows are written (or removed) together.
@@ -18,11 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from encmem import turns
+from encmem import _turns as turns
+from encmem._items import Item, encode_item, encode_items
+from encmem._protocol import StoredItem, TurnRow
+from encmem._settings import SessionSettings, resolve_limit
 from encmem.errors import BranchError, MissingTablesError
-from encmem.items import Item, encode_item, encode_items
-from encmem.protocol import StoredItem, TurnRow
-from encmem.settings import SessionSettings, resolve_limit
 
 from . import _advanced_analytics as analytics
 from . import _advanced_items as advanced_items
@@ -31,7 +31,7 @@ from . import _advanced_schema as schema
 from . import _sqlite_connection as connections
 from ._advanced_queries import MAIN, Scope
 from ._rows import plain_item, plain_items
-from .sqlite import SQLiteSession
+from ._sqlite import SQLiteSession
 
 __all__ = ["AdvancedSQLiteSession", "BranchError"]
 
@@ -205,7 +205,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         )
         return rows
 
-    # -- content-aware queries (shared with EncryptedSession through encmem.turns) --------
+    # -- content-aware queries (shared with EncryptedSession through encmem._turns) --------
 
     def _plain_turns(self, rows: list[TurnRow]) -> list[tuple[TurnRow, Item]]:
         return [(row, plain_item(self.session_id, row.message_id, row.item)) for row in rows]

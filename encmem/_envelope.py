@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ._items import CorruptRow, Item, decode_item
+from ._keys import SDK_KID, Keyring
+from ._token import FernetKey
 from .errors import CorruptRowError, PlaintextItemError, TamperedItemError, UnknownKeyIdError
-from .items import CorruptRow, Item, decode_item
-from .keys import SDK_KID, Keyring
-from .token import FernetKey
 
 FORMAT_VERSION = 2
 SDK_FORMAT_VERSION = 1

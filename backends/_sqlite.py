@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from encmem._items import Item, check_session_id, decode_stored, encode_item, encode_items
+from encmem._protocol import StoredItem
+from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import SessionClosedError
-from encmem.items import Item, check_session_id, decode_stored, encode_item, encode_items
-from encmem.protocol import StoredItem
-from encmem.settings import SessionSettings, make_settings, resolve_limit
 
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name

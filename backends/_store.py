@@ -11,12 +11,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from encmem._protocol import SessionStore
 from encmem.errors import NotASessionStoreError
-from encmem.protocol import SessionStore
 
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name, quote_identifier
-from .sqlite import SQLiteSession
+from ._sqlite import SQLiteSession
 
 _URL_SCHEMES = ("sqlite+", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 
@@ -50,6 +50,7 @@ class SQLiteSessionStore:
         self.advanced = False
         self._shared = connections.acquire(self.path, busy_timeout)
         self._sessions: list[SQLiteSession] = []
+        self._released = False
 
     async def check(self) -> SQLiteSessionStore:
         """Fail with a clear error unless the file holds the session tables."""
@@ -103,7 +104,7 @@ class SQLiteSessionStore:
 
     def session(self, session_id: str) -> Any:
         if self.advanced:
-            from .advanced_sqlite import AdvancedSQLiteSession
+            from ._advanced_sqlite import AdvancedSQLiteSession
 
             session: SQLiteSession = AdvancedSQLiteSession(
                 session_id=session_id,
@@ -145,12 +146,26 @@ class SQLiteSessionStore:
         return result
 
     async def aclose(self) -> None:
+        """Close every session opened through the store, then the store's connection."""
+        if self._released:
+            return
+        self._released = True
         for session in self._sessions:
             await session.close()
         self._sessions.clear()
         closing = connections.release(self._shared)
         if closing is not None:
             await closing
+
+    async def close(self) -> None:
+        """The same as :meth:`aclose`."""
+        await self.aclose()
+
+    async def __aenter__(self) -> SQLiteSessionStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 def _is_url(target: str) -> bool:
@@ -167,7 +182,7 @@ async def open_store(
     """Open a session database by SQLite path or SQLAlchemy URL, checking it holds sessions."""
     text = str(target)
     if _is_url(text):
-        from .sqlalchemy_store import SQLAlchemySessionStore
+        from ._sqlalchemy_store import SQLAlchemySessionStore
 
         return await SQLAlchemySessionStore(
             text, sessions_table=sessions_table, messages_table=messages_table

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ._keyparse import HINT, SDK_KID, check_kid, fingerprint, parse_key, sdk_material, split_spec
+from ._token import FernetKey
 from .errors import InvalidKeyError
-from .token import FernetKey
 
 __all__ = [
     "SDK_KID",

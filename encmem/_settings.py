@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .items import check_limit
+from ._items import check_limit
 
 if TYPE_CHECKING:
     from agents.memory.session_settings import SessionSettings

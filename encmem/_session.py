@@ -1,7 +1,7 @@
 """EncryptedSession: seals every item of any session, drops expired ones, never loses data.
 
 It talks to the wrapped session only through the Session protocol and the optional
-capabilities of :mod:`encmem.protocol`; it knows nothing about storage.
+capabilities of :mod:`encmem._protocol`; it knows nothing about storage.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ from datetime import timedelta
 from typing import Any
 
 from . import _maintenance as maintenance
-from . import turns
+from . import _turns as turns
+from ._envelope import Opener, seal
+from ._items import Item, encode_items
+from ._keys import KeyInput, Keyring, as_keyring
 from ._options import (
     HISTORY_METHODS,
     check_cache_size,
@@ -24,13 +27,10 @@ from ._options import (
     ttl_seconds,
 )
 from ._popping import pop_by_id, pop_generic
+from ._protocol import Capabilities, Session, StoredItem, TurnRow
 from ._reading import Fetch, OnInvalid, Reader, Window
-from .envelope import Opener, seal
+from ._settings import SessionSettings, resolve_limit
 from .errors import TamperedItemError
-from .items import Item, encode_items
-from .keys import KeyInput, Keyring, as_keyring
-from .protocol import Capabilities, Session, StoredItem, TurnRow
-from .settings import SessionSettings, resolve_limit
 
 _REFUSED_ATTRIBUTES = frozenset({"run_compaction"})
 
