@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from encmem._protocol import SessionStore
 from encmem.errors import NotASessionStoreError
@@ -102,7 +101,7 @@ class SQLiteSessionStore:
         )
         return int(row[0])
 
-    def session(self, session_id: str) -> Any:
+    def session(self, session_id: str) -> SQLiteSession:
         if self.advanced:
             from ._advanced_sqlite import AdvancedSQLiteSession
 

@@ -127,6 +127,11 @@ class BranchAddressing(Protocol):
 
 
 @runtime_checkable
+class StoreSession(Session, ItemAddressing, Protocol):
+    """A session handed out by a store: the Session protocol plus item addressing."""
+
+
+@runtime_checkable
 class SessionStore(Protocol):
     """A whole database of sessions, for store-wide maintenance (purge, rotate, erase)."""
 
@@ -138,8 +143,8 @@ class SessionStore(Protocol):
         """How many items the store holds across all sessions (for progress reports)."""
         ...
 
-    def session(self, session_id: str) -> Session:
-        """A backend session on this store, offering ItemAddressing."""
+    def session(self, session_id: str) -> StoreSession:
+        """A backend session on this store (branching too, when the store has branches)."""
         ...
 
     async def erase_session(self, session_id: str) -> int:

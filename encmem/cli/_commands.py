@@ -16,9 +16,9 @@ from typing import Any, TextIO
 
 from .. import _stores as maintenance
 from .._envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
-from .._items import CorruptRow
+from .._items import CorruptRow, Item
 from .._keys import Keyring
-from .._protocol import SessionStore
+from .._protocol import Capabilities, SessionStore, StoreSession
 from ..errors import (
     CommandError,
     DecryptionError,
@@ -83,19 +83,22 @@ def iso(seconds: float | None) -> str | None:
         return None
 
 
-async def _branches(session: Any) -> list[str | None]:
-    lister = getattr(session, "list_branches", None)
-    if lister is None:
+async def _branches(session: StoreSession) -> list[str | None]:
+    caps = Capabilities.of(session)
+    if caps.branching is None or caps.branch_addressing is None:
         return [None]
-    return [branch["branch_id"] for branch in await lister()]
+    return [str(branch["branch_id"]) for branch in await caps.branching.list_branches()]
 
 
-async def _all_items(session: Any) -> list[tuple[str | None, int, dict[str, Any]]]:
+async def _all_items(session: StoreSession) -> list[tuple[str | None, int, Item | CorruptRow]]:
     """(branch, storage id, stored object) of every item, oldest first per branch."""
-    found: list[tuple[str | None, int, dict[str, Any]]] = []
+    caps = Capabilities.of(session)
+    found: list[tuple[str | None, int, Item | CorruptRow]] = []
     for branch in await _branches(session):
-        options = {} if branch is None else {"branch_id": branch}
-        stored = await session.get_stored_items(None, **options)
+        if branch is not None and caps.branch_addressing is not None:
+            stored = await caps.branch_addressing.get_stored_items(None, branch_id=branch)
+        else:
+            stored = await session.get_stored_items(None)
         found.extend((branch, item_id, obj) for item_id, obj in stored)
     return found
 
