@@ -47,15 +47,20 @@ class MaintenanceResult:
     changed: int = 0
     unchanged: int = 0
     unreadable: int = 0
+    reached: int = 0
+    """How many distinct stored rows the run saw (an item shared by branches counts once)."""
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        counts = asdict(self)
+        del counts["reached"]
+        return counts
 
     def add(self, other: MaintenanceResult) -> None:
         self.examined += other.examined
         self.changed += other.changed
         self.unchanged += other.unchanged
         self.unreadable += other.unreadable
+        self.reached += other.reached
 
 
 class Job(Protocol):
@@ -96,15 +101,15 @@ async def _branches(session: Sealed, operation: str) -> tuple[ItemAddressing, li
 
 
 async def walk(
-    branches: list[_Branch], batch_size: int, *, once: bool = True
+    branches: list[_Branch], batch_size: int, reached: set[int], *, once: bool = True
 ) -> AsyncIterator[tuple[_Branch, list[StoredItem]]]:
     """Every stored item of the session, branch by branch, newest first, in batches.
 
     With ``once``, an item shared by several branches is yielded only the first time
     (replacing it changes it everywhere); without, once per branch (deleting it works branch
-    by branch).
+    by branch). ``reached`` collects the storage id of every row seen.
     """
-    seen: set[int] = set()
+    seen = reached
     for branch in branches:
         before: int | None = None
         while True:
@@ -112,8 +117,7 @@ async def walk(
             if not batch:
                 break
             fresh = [stored for stored in batch if stored.id not in seen] if once else batch
-            if once:
-                seen.update(stored.id for stored in fresh)
+            seen.update(stored.id for stored in fresh)
             if fresh:
                 yield branch, fresh
             if len(batch) < batch_size:
@@ -157,7 +161,8 @@ async def _reseal(
     opener = _opener(session)
     now = int(session.clock())
     result = MaintenanceResult()
-    async for _, batch in walk(branches, _check_batch(batch_size)):
+    reached: set[int] = set()
+    async for _, batch in walk(branches, _check_batch(batch_size), reached):
         replacements: dict[int, Item] = {}
         for stored in batch:
             result.examined += 1
@@ -188,6 +193,7 @@ async def _reseal(
             )
         if progress is not None:
             progress(result.examined)
+    result.reached = len(reached)
     return result
 
 
@@ -235,7 +241,8 @@ async def purge_expired(
         return result
     opener = _opener(session)
     now = session.clock()
-    async for branch, batch in walk(branches, _check_batch(batch_size), once=False):
+    reached: set[int] = set()
+    async for branch, batch in walk(branches, _check_batch(batch_size), reached, once=False):
         expired: list[int] = []
         for stored in batch:
             result.examined += 1
@@ -253,6 +260,7 @@ async def purge_expired(
             result.changed += len(expired) if dry_run else await branch.delete(expired)
         if progress is not None:
             progress(result.examined)
+    result.reached = len(reached)
     return result
 
 

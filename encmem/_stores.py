@@ -14,6 +14,7 @@ from . import _maintenance as maintenance
 from ._keys import KeyInput, Keyring
 from ._protocol import SessionStore
 from ._session import EncryptedSession
+from .errors import StoreError
 
 StoreProgress = Callable[[int, int], None]
 """Called after each committed batch with (items examined so far, items in the store)."""
@@ -52,6 +53,16 @@ async def _over_store(
         result = await job(session, batch_size=batch_size, progress=report, dry_run=dry_run)
         sessions += 1
         totals.add(result)
+    # Rows written or removed by others during the run move the counts; a row that was
+    # there from start to end and never reached cannot.
+    expected = min(total, await store.count_items())
+    if totals.reached < expected:
+        raise StoreError(
+            f"{expected - totals.reached} of the store's {expected} rows belong to no session or "
+            "branch the store can read (rows written without branch structure into a store "
+            "that has branch tables?); nothing past the batches already committed was "
+            "skipped silently: open those sessions with the backend that wrote them"
+        )
     return {"sessions": sessions, "dry_run": dry_run, **totals.as_dict()}
 
 

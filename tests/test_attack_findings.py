@@ -274,3 +274,35 @@ def test_a_float_format_version_is_not_current_for_rotation(tmp_path: Path) -> N
     _edit_payload(path, lambda e: e.update(v=2.0))
     done = _cli("rotate", str(path), "--json", "--skip-unreadable")
     assert json.loads(done.stdout)["unreadable"] == 1
+
+
+def test_store_maintenance_never_passes_over_rows_it_cannot_reach(tmp_path: Path) -> None:
+    """Plain-session rows in a store that has branch tables are invisible to the branch
+    reader: rotate, purge and verify must say so instead of reporting success."""
+    from encmem import Keyring, generate_key
+
+    path = tmp_path / "mixed.db"
+    old, new = generate_key(), generate_key()
+
+    async def fill() -> None:
+        backend = SQLiteSession("plain", path)
+        async with EncryptedSession(
+            underlying_session=backend, encryption_key=Keyring({"old": old})
+        ) as s:
+            await s.add_items([{"role": "user", "content": f"m{i}"} for i in range(3)])
+        async with AdvancedSQLiteSession(session_id="zz", db_path=path, create_tables=True) as a:
+            await a.get_items()
+
+    asyncio.run(fill())
+    before = _sql(path, "SELECT message_data FROM agent_messages")
+    keys = f"new:{new},old:{old}"
+    for command in (["rotate"], ["purge", "--ttl", "1"]):
+        done = _cli(*command, str(path), key="", ENCMEM_KEYS=keys)
+        assert done.returncode == 4, done.stdout + done.stderr
+        assert "3 of the store's 3 rows" in done.stderr
+    assert _sql(path, "SELECT message_data FROM agent_messages") == before
+    verify = _cli("verify", str(path), "--json", key="", ENCMEM_KEYS=f"new:{new}")
+    assert verify.returncode == 1
+    assert any(
+        p["problem"].startswith("unreached: 3") for p in json.loads(verify.stdout)["problems"]
+    )

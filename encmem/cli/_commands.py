@@ -221,6 +221,17 @@ async def verify_store(
                 problems.append({**place, "problem": "sdk-v1-format (run encmem encrypt)"})
             elif ttl is not None and opened.sealed_at + ttl < now:
                 problems.append({**place, "problem": "expired-not-purged"})
+    unreached = await store.count_items() - checked
+    if unreached > 0:
+        problems.append(
+            {
+                "session_id": "-",
+                "branch_id": None,
+                "storage_id": "-",
+                "problem": f"unreached: {unreached} stored rows belong to no session or branch "
+                "the store can read",
+            }
+        )
     report = {"ok": not problems, "checked": checked, "problems": problems}
     return (EXIT_OK if not problems else EXIT_FINDINGS), report
 
