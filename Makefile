@@ -29,7 +29,7 @@ test: setup-dev
 
 lint: setup-dev
 	$(VENV)/bin/ruff check encmem backends tests benchmarks
-	$(VENV)/bin/mypy encmem backends
+	bash scripts/typecheck
 
 bench: setup-dev
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
