@@ -142,8 +142,9 @@ def test_modules_that_are_not_api_are_underscored() -> None:
 
 
 def test_the_public_api_is_what_all_names() -> None:
-    import encmem
     import encmem.backends
+
+    import encmem
 
     for module in (encmem, encmem.backends):
         missing = [name for name in module.__all__ if not hasattr(module, name)]
@@ -153,8 +154,9 @@ def test_the_public_api_is_what_all_names() -> None:
 
 
 def test_one_close_convention_everywhere() -> None:
-    import encmem
     import encmem.backends
+
+    import encmem
 
     classes = [
         encmem.EncryptedSession,
