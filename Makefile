@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint bench setup-demo setup-dev clean
+.PHONY: demo test test-fast test-min lint bench setup-demo setup-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: setup-demo
 test: setup-dev
 	bash scripts/run-tests
 
+# The inner loop: everything but the tests marked slow, pg, redis or crash; no servers started.
+test-fast: setup-dev
+	bash scripts/run-tests --no-servers -m "not slow and not pg and not redis and not crash"
+
+# The suite in a second virtualenv holding the lowest version of every dependency pyproject.toml allows.
+test-min:
+	bash scripts/test-min
+
 lint: setup-dev
 	$(VENV)/bin/ruff check encmem backends tests benchmarks
 	bash scripts/typecheck
@@ -35,4 +43,4 @@ bench: setup-dev
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-min build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -73,3 +73,26 @@ def pytest_terminal_summary(
 ) -> None:
     """The figures the security and reliability tests recorded (see figures.py)."""
     write_figures(config, terminalreporter)
+
+
+def _server_marks(item: pytest.Item) -> set[str]:
+    """The servers a test needs, read from its store kind or its database fixture."""
+    needs: set[str] = set()
+    callspec = getattr(item, "callspec", None)
+    values = list(callspec.params.values()) if callspec is not None else []
+    kinds = [v[0] if isinstance(v, tuple) and v else v for v in values]
+    for kind in kinds:
+        if isinstance(kind, str) and (kind == "pg" or kind.endswith("-pg")):
+            needs.add("pg")
+        if isinstance(kind, str) and kind.endswith("redis"):
+            needs.add("redis")
+    if "pg" in getattr(item, "fixturenames", ()):
+        needs.add("pg")
+    return needs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that runs against a PostgreSQL or Redis store as pg or redis."""
+    for item in items:
+        for name in _server_marks(item):
+            item.add_marker(getattr(pytest.mark, name))

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 PG_URL_ENV = "ENCMEM_TEST_PG_URL"
+# Set by ``scripts/run-tests --no-servers``: a test that reaches for a server is mismarked.
+NO_SERVERS_ENV = "ENCMEM_TEST_NO_SERVERS"
 
 
 def pg_url() -> str:
@@ -23,6 +25,8 @@ def pg_url() -> str:
     url = os.environ.get(PG_URL_ENV, "")
     if url:
         return url
+    if os.environ.get(NO_SERVERS_ENV):
+        pytest.fail("this test needs PostgreSQL but is not marked pg, so make test-fast ran it")
     if os.environ.get("CI") == "true":
         pytest.fail(f"{PG_URL_ENV} is not set under CI=true: PostgreSQL tests must run in CI")
     pytest.skip(f"no PostgreSQL server: {PG_URL_ENV} is not set (scripts/run-tests sets it)")

@@ -27,7 +27,7 @@ from agents.extensions.memory.async_sqlite_session import AsyncSQLiteSession
 from agents.memory.session import SessionABC
 from agents.memory.session_settings import SessionSettings
 
-from .pg import drop_tables, pg_url, unique_tables
+from .pg import NO_SERVERS_ENV, drop_tables, pg_url, unique_tables
 from .stores import SQLiteStore, Store
 
 
@@ -37,6 +37,8 @@ def server_url(variable: str, what: str) -> str:
     if url:
         return url
     message = f"{variable} is not set: no {what} server to test against (make test starts one)"
+    if os.environ.get(NO_SERVERS_ENV):
+        pytest.fail(f"this test needs {what} but is not marked for it, so make test-fast ran it")
     if os.environ.get("CI") == "true":
         pytest.fail(message + "; under CI=true that fails the run", pytrace=False)
     pytest.skip(message)

@@ -12,8 +12,8 @@ import pytest
 from encmem.backends import AdvancedSQLiteSession
 
 from . import stores as _stores  # noqa: F401  (the store registry loads before its members)
+from .branch_worker import branch_in_process
 from .stores_advanced import structure_problems, table_counts
-from .test_advanced_worker import branch_in_process
 
 
 def batch(n: int) -> list[dict[str, Any]]:

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quick_sqlite_run_writes_every_table_without_errors(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(

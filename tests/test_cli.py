@@ -296,6 +296,7 @@ def _run_on_pty(args: list[str], env: dict[str, str], timeout: float) -> tuple[i
     return code, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_rotate_100k_items_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
     path = tmp_path / "big.db"
     asyncio.run(_fill_large(path, 100_000))
@@ -315,6 +316,7 @@ def test_rotate_100k_items_shows_progress_on_a_terminal_only(tmp_path: Path) -> 
 # -- the same command on PostgreSQL ------------------------------------------------------------
 
 
+@pytest.mark.pg
 def test_commands_work_on_a_postgresql_url() -> None:
     from encmem.backends import SQLAlchemySession
 

@@ -33,6 +33,8 @@ from encmem import EncryptedSession
 from .conftest import TEST_KEY
 from .stores_sdk import server_url
 
+pytestmark = pytest.mark.redis
+
 
 class Clock:
     """encmem's injectable clock, starting at the real time so Fernet timestamps agree."""

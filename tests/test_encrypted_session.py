@@ -508,6 +508,7 @@ async def test_generic_skip_pop_says_so_when_it_cannot_restore() -> None:
     assert info.value.items[0]["__enc__"] == 1  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_no_decrypted_item_outlives_clear_purge_or_rotation_in_memory(db: Path) -> None:
     clock = Clock()
     session = encrypted(db, ttl=60, clock=clock)

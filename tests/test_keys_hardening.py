@@ -224,6 +224,7 @@ def _run_cli(command: str, db: Path, spec: str, way: str, tmp: Path) -> list[str
     return problems
 
 
+@pytest.mark.slow
 def test_the_command_never_prints_a_malformed_key(store_file: Path, tmp_path: Path) -> None:
     runs = [("verify", spec, "ENCMEM_KEYS") for spec in CLI_SPECS]
     runs += [("inspect", spec, "ENCMEM_KEYS") for spec in CLI_SPECS[::2]]
@@ -363,6 +364,7 @@ def test_false_refusal_probability_of_the_thresholds_is_negligible() -> None:
 # -- threads and fork --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_one_keyring_shared_by_8_threads_over_6500_sessions() -> None:
     ring = Keyring({"a": KEY}, sdk_keys=[OTHER])
     reference = Keyring({"a": KEY}, sdk_keys=[OTHER])  # derives everything on one thread
@@ -441,6 +443,7 @@ def test_keys_from_older_parameters_derive_the_same_bytes(log2_n: int) -> None:
     assert Fernet(session_key).decrypt(token) == b"pinned"
 
 
+@pytest.mark.slow
 def test_default_scrypt_cost_is_n17_r8_p1() -> None:
     ring = Keyring.from_passphrase(PASSPHRASE, salt=SALT)
     raw = Scrypt(salt=SALT, length=32, n=2**17, r=8, p=1).derive(PASSPHRASE.encode())

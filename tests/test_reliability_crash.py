@@ -31,7 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = int(os.environ.get("ENCMEM_CRASH_ROUNDS", "25"))
 ROUND_SPAN = 1_000_000  # turn numbers of round r start at r * ROUND_SPAN
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+pytestmark = [
+    pytest.mark.crash,
+    pytest.mark.slow,
+    pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX"),
+]
 
 
 def _spawn(db: Path, key: str, first: int, out: Path) -> subprocess.Popen[bytes]:

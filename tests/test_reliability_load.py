@@ -55,6 +55,7 @@ def _check_order(items: list[dict[str, Any]]) -> dict[str, list[int]]:
     return per_writer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", ["same-session", "separate-sessions"])
 async def test_four_processes_write_without_loss_or_lock_errors(
     scenario: str, tmp_path: Path, pytestconfig: pytest.Config

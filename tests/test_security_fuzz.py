@@ -5,7 +5,8 @@ text as tokens, envelope-shaped dicts with random field values, and authentic to
 (sealed under the right session key) around arbitrary plaintext bytes. Every call must either
 return the authentic item or raise an :class:`encmem.EncmemError`; nothing else (KeyError,
 TypeError, binascii.Error, UnicodeDecodeError, RecursionError...) may escape. Each test
-prints a FIGURE line with the number of inputs tried.
+fails on the first input that lets anything else out (hypothesis then shrinks it), checks it
+tried as many inputs as asked, and prints a FIGURE line with its counts.
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ FUZZ = settings(
 
 
 class Counter:
+    """Counts what one fuzz target's inputs did; fails at once on anything but EncmemError."""
+
     def __init__(self) -> None:
         self.tried = 0
         self.encmem_errors = 0
         self.opened = 0
-        self.crashes: list[str] = []
 
     def feed(self, obj: object, session_id: str = SESSION) -> Opened | None:
-        """Open ``obj``; record (rather than raise) anything that is not an EncmemError."""
+        """Open ``obj``: the opened item, or None for an EncmemError; anything else fails."""
         self.tried += 1
         try:
             opened = open_envelope(obj, KEYRING, session_id)
@@ -58,18 +60,16 @@ class Counter:
             return None
         except BaseException as exc:  # the finding itself
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            self.crashes.append(f"{detail} for input {_short(obj)}")
-            return None
+            raise AssertionError(f"{detail} escaped for input {_short(obj)}") from exc
         self.opened += 1
         return opened
 
-    def report(self, config: pytest.Config, name: str) -> None:
+    def report(self, config: pytest.Config, name: str, examples: int) -> None:
         figure(
             config,
-            f"fuzz-{name}: {self.tried} inputs tried, {self.encmem_errors} encmem errors, "
-            f"{self.opened} opened authentically, {len(self.crashes)} crashes",
+            f"fuzz-{name}: {examples} examples, {self.tried} inputs tried, "
+            f"{self.encmem_errors} encmem errors, {self.opened} opened authentically",
         )
-        assert self.crashes == [], self.crashes[:5]
 
 
 def _short(obj: object) -> str:
@@ -130,25 +130,30 @@ envelopes = st.fixed_dictionaries(
 )
 
 
-@pytest.fixture(scope="module")
-def counters() -> dict[str, Counter]:
-    return {}
+def run_fuzz(config: pytest.Config, name: str, strategy: Any, check: Any) -> Counter:
+    """Run ``check(counter, example)`` on EXAMPLES generated examples; report and return."""
+    counter = Counter()
+    examples = 0
+
+    @given(example=strategy)
+    @FUZZ
+    def target(example: Any) -> None:
+        nonlocal examples
+        examples += 1
+        check(counter, example)
+
+    target()
+    counter.report(config, name, examples)
+    assert examples >= EXAMPLES, f"only {examples} of {EXAMPLES} examples ran"
+    return counter
 
 
-def _counter(counters: dict[str, Counter], name: str) -> Counter:
-    return counters.setdefault(name, Counter())
+def test_fuzz_arbitrary_json(pytestconfig: pytest.Config) -> None:
+    counter = run_fuzz(pytestconfig, "json", json_values, Counter.feed)
+    assert counter.opened == 0, "arbitrary JSON opened as an authentic item"
 
 
-@given(obj=json_values)
-@FUZZ
-def test_fuzz_arbitrary_json(obj: Any, counters: dict[str, Counter]) -> None:
-    _counter(counters, "json").feed(obj)
-
-
-@given(data=st.binary(max_size=500))
-@FUZZ
-def test_fuzz_arbitrary_bytes(data: bytes, counters: dict[str, Counter]) -> None:
-    counter = _counter(counters, "bytes")
+def _feed_bytes(counter: Counter, data: bytes) -> None:
     counter.feed(data)
     try:
         decoded: object = json.loads(data)
@@ -160,20 +165,24 @@ def test_fuzz_arbitrary_bytes(data: bytes, counters: dict[str, Counter]) -> None
     counter.feed({**GOOD, "payload": base64.urlsafe_b64encode(data).decode("ascii")})
 
 
-@given(text=any_text)
-@FUZZ
-def test_fuzz_arbitrary_text(text: str, counters: dict[str, Counter]) -> None:
-    counter = _counter(counters, "text")
+def test_fuzz_arbitrary_bytes(pytestconfig: pytest.Config) -> None:
+    counter = run_fuzz(pytestconfig, "bytes", st.binary(max_size=500), _feed_bytes)
+    assert counter.opened == 0, "arbitrary bytes opened as an authentic item"
+
+
+def _feed_text(counter: Counter, text: str) -> None:
     counter.feed(text)
     counter.feed({**GOOD, "payload": text})
     counter.feed({**GOOD, "kid": text})
     counter.feed({**GOOD, "kid": SDK_KID, "v": 1, "payload": text})
 
 
-@given(obj=envelopes)
-@FUZZ
-def test_fuzz_envelope_shaped_dicts(obj: dict[str, Any], counters: dict[str, Counter]) -> None:
-    counter = _counter(counters, "envelopes")
+def test_fuzz_arbitrary_text(pytestconfig: pytest.Config) -> None:
+    counter = run_fuzz(pytestconfig, "text", any_text, _feed_text)
+    assert counter.encmem_errors == counter.tried, "arbitrary text opened"
+
+
+def _feed_envelope(counter: Counter, obj: dict[str, Any]) -> None:
     opened = counter.feed(obj)
     if opened is not None:
         # only the authentic item can come out, and only with its own clear fields
@@ -181,13 +190,14 @@ def test_fuzz_envelope_shaped_dicts(obj: dict[str, Any], counters: dict[str, Cou
         assert {k: obj[k] for k in CLEAR_FIELDS if k in obj} == {"role": "user"}
 
 
-@given(plaintext=st.binary(max_size=400), version=st.sampled_from([1, 2]))
-@FUZZ
-def test_fuzz_authentic_tokens_around_arbitrary_plaintext(
-    plaintext: bytes, version: int, counters: dict[str, Counter]
-) -> None:
+def test_fuzz_envelope_shaped_dicts(pytestconfig: pytest.Config) -> None:
+    counter = run_fuzz(pytestconfig, "envelopes", envelopes, _feed_envelope)
+    assert counter.encmem_errors > 0, "no malformed envelope was refused"
+
+
+def _feed_authentic_bytes(counter: Counter, example: tuple[bytes, int]) -> None:
     """A token that authenticates but whose plaintext is not an item is still refused."""
-    counter = _counter(counters, "authentic-bytes")
+    plaintext, version = example
     if version == 2:
         obj = {"__enc__": 1, "v": 2, "kid": "main", "payload": _token(plaintext=plaintext)}
     else:
@@ -199,12 +209,13 @@ def test_fuzz_authentic_tokens_around_arbitrary_plaintext(
         assert opened.item == json.loads(plaintext)
 
 
-@given(item=json_objects)
-@FUZZ
-def test_fuzz_authentic_items_round_trip(
-    item: dict[str, Any], counters: dict[str, Counter]
-) -> None:
-    counter = _counter(counters, "authentic-items")
+def test_fuzz_authentic_tokens_around_arbitrary_plaintext(pytestconfig: pytest.Config) -> None:
+    examples = st.tuples(st.binary(max_size=400), st.sampled_from([1, 2]))
+    counter = run_fuzz(pytestconfig, "authentic-bytes", examples, _feed_authentic_bytes)
+    assert counter.encmem_errors > 0, "no authentic non-item plaintext was refused"
+
+
+def _feed_authentic_item(counter: Counter, item: dict[str, Any]) -> None:
     fernet = KEYRING.session_key("main", SESSION)
     assert fernet is not None
     envelope = seal(fernet, "main", item, encode_item(item), 1_700_000_000)
@@ -214,16 +225,9 @@ def test_fuzz_authentic_items_round_trip(
     assert counter.feed(envelope, session_id=SESSION + "-other") is None
 
 
-@pytest.mark.parametrize(
-    "name", ["json", "bytes", "text", "envelopes", "authentic-bytes", "authentic-items"]
-)
-def test_fuzz_figures(name: str, counters: dict[str, Counter], pytestconfig: pytest.Config) -> None:
-    """Report each fuzz target's figures (the targets above ran first, in file order)."""
-    counter = counters.get(name)
-    if counter is None:
-        pytest.skip(f"fuzz target {name} did not run in this session")
-    counter.report(pytestconfig, name)
-    assert counter.tried >= EXAMPLES
+def test_fuzz_authentic_items_round_trip(pytestconfig: pytest.Config) -> None:
+    counter = run_fuzz(pytestconfig, "authentic-items", json_objects, _feed_authentic_item)
+    assert counter.opened == counter.encmem_errors == counter.tried // 2
 
 
 # -- hostile plaintexts found by hand, kept as regression tests --------------------------------

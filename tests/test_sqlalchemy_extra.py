@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from .pg import PG_URL_ENV, drop_tables, unique_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SNIPPET = textwrap.dedent(
     """
     import asyncio, os, sys
-    from encmem.backends._sqlalchemy import SQLAlchemySession
+    from encmem.backends import SQLAlchemySession
 
     async def round_trip(url, **kwargs):
         items = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hé"}]
@@ -53,6 +55,8 @@ def _copy_source(destination: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
+@pytest.mark.pg
 def test_the_sqlalchemy_extra_alone_brings_every_driver(tmp_path: Path) -> None:
     source = _copy_source(tmp_path)
     venv = tmp_path / "venv"

@@ -274,6 +274,7 @@ def _run_many(commands: list[list[str]], cwd: Path) -> list[subprocess.Completed
         return list(pool.map(run, commands))
 
 
+@pytest.mark.slow
 def test_closing_the_loop_under_a_job_prints_nothing(tmp_path: Path) -> None:
     commands = []
     for i in range(32):
@@ -286,6 +287,7 @@ def test_closing_the_loop_under_a_job_prints_nothing(tmp_path: Path) -> None:
         assert done.returncode == 0 and done.stdout == "done\n"
 
 
+@pytest.mark.slow
 def test_inspect_on_a_text_file_prints_one_line_and_no_thread_traceback(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("shopping: eggs, milk\n" * 200)

@@ -64,6 +64,7 @@ def _run_now(coroutine: Coroutine[Any, Any, None]) -> None:
     raise AssertionError("the coroutine suspended")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_interrupted_seals_never_store_a_wrong_token() -> None:
     inner = ListSession("interrupts")
@@ -177,6 +178,7 @@ def _child_work(keyring: Keyring) -> int:
     return 0 if asyncio.run(work()) == [item] else 1
 
 
+@pytest.mark.slow
 def test_fork_while_other_threads_seal_and_open() -> None:
     keyring = Keyring({"k": TEST_KEY})
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""A child-process worker for the two-process branching race (no tests here).
+"""A child-process worker for the two-process branching race in test_advanced_concurrency.py.
 
 It lives apart so that a spawned process imports only this module and the backend, not the
 whole store registry.
