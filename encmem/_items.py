@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import InvalidItemError
+from .errors import InvalidItemError, ItemTooLargeError
 
 Item = dict[str, Any]
 
@@ -49,8 +49,15 @@ def _first_bad_key(value: Any) -> str | None:
     return None
 
 
-def encode_item(item: object, index: int = 0) -> str:
-    """Return the compact JSON text of one item, or raise InvalidItemError naming ``index``."""
+# The default ``max_item_bytes`` of every session: a turn's items, not a file store.
+DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
+
+
+def encode_item(item: object, index: int = 0, max_bytes: int | None = None) -> str:
+    """Return the compact JSON text of one item, or raise InvalidItemError naming ``index``.
+
+    ``max_bytes`` bounds the text's UTF-8 size (:class:`ItemTooLargeError` above it).
+    """
     if not isinstance(item, dict):
         raise InvalidItemError(
             f"item {index} is a {type(item).__name__}, not a JSON object (dict); "
@@ -61,8 +68,7 @@ def encode_item(item: object, index: int = 0) -> str:
         raise InvalidItemError(f"item {index} has {bad_key}; JSON object keys must be strings")
     try:
         text = _encoder.encode(item)
-        text.encode("utf-8")  # lone surrogates would fail later, half-way through a write
-        return text
+        size = len(text.encode("utf-8"))  # lone surrogates would fail later, mid-write
     except RecursionError:
         raise InvalidItemError(
             f"item {index} is nested too deeply to store as JSON; flatten it"
@@ -79,13 +85,27 @@ def encode_item(item: object, index: int = 0) -> str:
             f"item {index} cannot be stored as JSON ({reason}); convert it to plain JSON "
             "values (str, int, finite float, bool, None, list, dict) first"
         ) from None
+    if max_bytes is not None and size > max_bytes:
+        raise ItemTooLargeError(index, size, max_bytes)
+    return text
 
 
-def encode_items(items: Sequence[object]) -> list[str]:
+def encode_items(items: Sequence[object], max_bytes: int | None = None) -> list[str]:
     """Encode a batch, validating every item before returning any text."""
     if isinstance(items, (str, bytes, dict)) or not isinstance(items, Sequence):
         raise InvalidItemError(f"add_items takes a list of items, not a {type(items).__name__}")
-    return [encode_item(item, index) for index, item in enumerate(items)]
+    return [encode_item(item, index, max_bytes) for index, item in enumerate(items)]
+
+
+def check_max_item_bytes(value: object) -> int | None:
+    """Validate ``max_item_bytes``: a positive int, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"max_item_bytes must be a positive int or None for no limit, not {value!r}"
+        )
+    return value
 
 
 class CorruptRow:
@@ -155,6 +175,10 @@ def check_session_id(session_id: object) -> str:
         raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
     if not session_id:
         raise ValueError("session_id is empty; give each conversation a non-empty id")
+    if session_id.isspace():
+        raise ValueError(
+            "session_id is only whitespace; give each conversation an id with visible characters"
+        )
     if "\x00" in session_id:
         raise ValueError("session_id contains a NUL character; remove it")
     try:

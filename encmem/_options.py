@@ -10,6 +10,8 @@ from ._protocol import Session
 from ._reading import OnInvalid
 from .errors import UnsupportedOperation
 
+# Seal times are whole seconds (Fernet's timestamp); a shorter ttl would be a coin toss.
+MIN_TTL_SECONDS = 1
 HISTORY_METHODS = ("get_items", "add_items", "pop_item", "clear_session")
 _SERVER_SIDE_SESSIONS = frozenset({"OpenAIConversationsSession"})
 
@@ -58,8 +60,11 @@ def ttl_seconds(ttl: int | float | timedelta | None) -> float | None:
         seconds = float(ttl)
     else:
         raise TypeError(f"ttl must be seconds, a timedelta or None, not {type(ttl).__name__}")
-    if not seconds > 0:
-        raise ValueError(f"ttl must be positive (got {seconds} s); pass None for no expiry")
+    if not seconds >= MIN_TTL_SECONDS:
+        raise ValueError(
+            f"ttl must be at least {MIN_TTL_SECONDS} second (got {seconds} s): seal times are "
+            "whole seconds, so a shorter ttl cannot be kept. Pass None for no expiry"
+        )
     return seconds
 
 

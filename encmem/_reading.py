@@ -40,8 +40,14 @@ class ReadRules(Protocol):
 
 
 def is_expired(sealed_at: int, ttl: float | None, now: float) -> bool:
-    """Whether an item sealed at ``sealed_at`` is past ``ttl`` seconds at ``now``."""
-    return ttl is not None and sealed_at + ttl < now
+    """Whether an item sealed at ``sealed_at`` is past ``ttl`` seconds at ``now``.
+
+    Seal times are whole seconds (Fernet's timestamp: the write time rounded down), so an
+    item is kept until a full second past ``sealed_at + ttl``: it stays readable for at
+    least ``ttl`` seconds after it was written and is gone at most a second after that. For
+    a whole-second ``ttl`` this is Fernet's own ``ttl`` check.
+    """
+    return ttl is not None and now >= sealed_at + ttl + 1
 
 
 class Reader:

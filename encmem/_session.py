@@ -15,7 +15,7 @@ from typing import Any
 from . import _maintenance as maintenance
 from . import _turns as turns
 from ._envelope import Opener, seal
-from ._items import Item, encode_items
+from ._items import DEFAULT_MAX_ITEM_BYTES, Item, check_max_item_bytes, encode_items
 from ._keys import KeyInput, Keyring, as_keyring
 from ._options import (
     HISTORY_METHODS,
@@ -58,7 +58,9 @@ class EncryptedSession:
     primary key, with its structural fields (role, type, tool name) kept in the clear and
     authenticated so that branching and analytics keep working underneath. Items older than
     ``ttl`` are dropped from reads; items that fail authentication are never deleted and, by
-    default, make reads raise :class:`~encmem.errors.DecryptionError`.
+    default, make reads raise :class:`~encmem.errors.DecryptionError`. A batch holding an
+    item whose JSON is over ``max_item_bytes`` (16 MiB by default) is refused before anything
+    is sealed or written.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class EncryptedSession:
         on_invalid: OnInvalid = "raise",
         clock: Callable[[], float] = time.time,
         plaintext_cache: int = 1024,
+        max_item_bytes: int | None = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
         underlying = check_underlying(underlying_session)
         if encryption_key is None:
@@ -86,6 +89,7 @@ class EncryptedSession:
         self.on_invalid: OnInvalid = check_on_invalid(on_invalid)
         self.clock = clock
         self._plaintext_cache = check_cache_size(plaintext_cache)
+        self.max_item_bytes = check_max_item_bytes(max_item_bytes)
         self.keyring = as_keyring(encryption_key)
         self._caps = Capabilities.of(underlying)
         self._forward_wrapper = all(
@@ -194,7 +198,7 @@ class EncryptedSession:
     # -- the Session protocol ---------------------------------------------------------------
 
     def _seal_all(self, items: list[Any]) -> list[Item]:
-        texts = encode_items(items)
+        texts = encode_items(items, self.max_item_bytes)
         kid = self.keyring.primary_kid
         key = self.keyring.session_key(kid, self.session_id)
         assert key is not None

@@ -3,6 +3,7 @@
     EncmemError
     ├── InvalidKeyError (ValueError)          a key or keyring was refused
     ├── InvalidItemError (TypeError)          an item cannot be stored as JSON
+    │   └── ItemTooLargeError                 an item is over max_item_bytes
     ├── DecryptionError                       a stored item cannot be read
     │   ├── UnknownKeyIdError                 sealed under a key id the keyring lacks
     │   ├── TamperedItemError                 failed authentication
@@ -42,6 +43,24 @@ class InvalidKeyError(EncmemError, ValueError):
 
 class InvalidItemError(EncmemError, TypeError):
     """An item is not a JSON object that can be stored and read back unchanged."""
+
+
+class ItemTooLargeError(InvalidItemError):
+    """An item's JSON is over the session's ``max_item_bytes``; nothing was written.
+
+    ``index`` is the item's place in the batch, ``size`` its JSON size in UTF-8 bytes and
+    ``limit`` the session's ``max_item_bytes``.
+    """
+
+    def __init__(self, index: int, size: int, limit: int) -> None:
+        super().__init__(
+            f"item {index} is {size:,} bytes as JSON, over max_item_bytes={limit:,}; keep "
+            "large content elsewhere and store a reference to it, or raise max_item_bytes "
+            "(None for no limit)"
+        )
+        self.index = index
+        self.size = size
+        self.limit = limit
 
 
 class DecryptionError(EncmemError):

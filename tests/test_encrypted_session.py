@@ -327,9 +327,9 @@ async def test_ttl_none_never_expires(db: Path) -> None:
     assert await session.get_items() == [{"role": "user", "content": "forever"}]
 
 
-@pytest.mark.parametrize("bad", [0, -5])
-def test_non_positive_ttl_is_refused(db: Path, bad: int) -> None:
-    with pytest.raises(ValueError, match="ttl must be positive"):
+@pytest.mark.parametrize("bad", [0, -5, 0.5, 0.999])
+def test_ttl_under_one_second_is_refused(db: Path, bad: float) -> None:
+    with pytest.raises(ValueError, match="ttl must be at least 1 second"):
         encrypted(db, ttl=bad)
 
 

@@ -31,8 +31,10 @@ def _summary(item: dict[str, Any]) -> str:
     return f"{kind:<22} {content}"
 
 
-READER_TTL_SECONDS = 2
+READER_TTL_SECONDS = 1
 """The TTL of the demo's second reader: short enough to watch the first turn expire."""
+TURN_GAP_SECONDS = READER_TTL_SECONDS + 1.05
+"""Seal times are whole seconds: an item outlives its TTL by up to a second, never less."""
 
 
 def _scripted_agent() -> tuple[Any, Any]:
@@ -96,7 +98,7 @@ async def _converse(db_path: Path, key: str) -> list[Any]:
         prompts = ["What's the weather in Paris?", "Should I bring a jacket?"]
         result = await runner.run(agent, prompts[0], session=session)
         print(f"user: {prompts[0]}\nagent: {result.final_output}")
-        await asyncio.sleep(READER_TTL_SECONDS + 0.05)  # so that a short TTL tells the turns apart
+        await asyncio.sleep(TURN_GAP_SECONDS)  # so that a short TTL tells the turns apart
         result = await runner.run(agent, prompts[1], session=session)
         print(f"user: {prompts[1]}\nagent: {result.final_output}\n")
         _show_stored(db_path)
@@ -112,7 +114,7 @@ async def _expire(db_path: Path, key: str, history: list[Any]) -> None:
     async with _open(db_path, key, READER_TTL_SECONDS) as reader:
         live = await reader.get_items()
         print(
-            f"\n3. A reader with a TTL of {READER_TTL_SECONDS} s, over {READER_TTL_SECONDS} s "
+            f"\n3. A reader with a TTL of {READER_TTL_SECONDS} s, over {TURN_GAP_SECONDS:.0f} s "
             f"after the first turn: {len(history) - len(live)} items dropped, {len(live)} left:"
         )
         for item in live:
