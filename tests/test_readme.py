@@ -10,12 +10,16 @@ above it, never by being edited here:
 - ``<!-- not-run: needs a Redis server -->``: the block is not run, for the reason given.
   At most ``MAX_NOT_RUN`` blocks may say so.
 
+A ```` ```text ```` block right after a Python block is what that block prints, exactly.
+
 The block is written after the setup, padded so that its line numbers in tracebacks are
 the page's own.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import subprocess
@@ -113,6 +117,7 @@ class Block:
     code: str
     setups: list[str]
     not_run: str | None
+    expected: str | None = None  # the text block that follows it: its output
 
     @property
     def where(self) -> str:
@@ -141,6 +146,12 @@ def blocks_of(page: Path) -> list[Block]:
         code = "\n".join(lines[i + 1 : end]) + "\n"
         found.append(Block(page, i + 2, opened[1], code, setups, not_run))
         i = end + 1
+    for before, after in itertools.pairwise(found):
+        # Only blank lines, or a short lead-in such as "It prints:", between the two.
+        between = " ".join(lines[before.line + before.code.count("\n") : after.line - 2]).strip()
+        lead_in = not between or (between.endswith(":") and len(between) < 40)
+        if before.lang == "python" and after.lang == "text" and lead_in:
+            before.expected = after.code
     return found
 
 
@@ -195,6 +206,8 @@ def test_block_runs(block: Block, tmp_path: Path) -> None:
     output = f"--- stdout ---\n{done.stdout}--- stderr ---\n{done.stderr}"
     assert done.returncode == 0, f"{block.where}: exited {done.returncode}\n{output}"
     assert "NETWORK REFUSED" not in done.stderr, f"{block.where}: used the network\n{output}"
+    if block.expected is not None:
+        assert done.stdout == block.expected, f"{block.where}: printed other than shown\n{output}"
 
 
 def test_blocks_are_found_and_setups_exist() -> None:
@@ -258,3 +271,39 @@ def test_relative_links_point_to_files(page: Path) -> None:
         assert resolved.exists(), f"{page.name}: broken link {target}"
     if pending:
         pytest.skip(f"not written yet: {', '.join(sorted(set(pending)))}")
+
+
+# The README's words about the repository: the figures it quotes, what its make targets do.
+
+
+def test_the_performance_figures_quoted_are_the_measured_ones() -> None:
+    results = json.loads((ROOT / "benchmarks/results/latest.json").read_text(encoding="utf-8"))
+    measured = {t["target"]: t["value"] for t in results["targets"]}
+    summary = (ROOT / "README.md").read_text(encoding="utf-8").split("## Performance", 1)[1]
+    times = "\u00d7"  # the multiplication sign the README writes
+    quoted = {
+        "advanced/enc get_items(limit=20) x SDK @10,000": r"`get_items\(limit=20\)`\s+([\d.]+)",
+        "advanced/enc pop_item x SDK @10,000": r"`pop_item\(\)`\s+([\d.]+)",
+    }
+    for target, pattern in quoted.items():
+        found = re.search(pattern + times, summary)
+        assert found, f"README quotes no figure for {target}"
+        figure = found[1]
+        assert f"{measured[target]:.{len(figure.partition('.')[2])}f}" == figure, target
+
+
+def test_the_make_targets_do_what_the_readme_says() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = {m[1]: m[2] for m in re.finditer(r"^([\w-]+):.*\n((?:\t.*\n)+)", makefile, re.M)}
+    assert "scripts/run-tests" in recipe["test"] and "--no-servers" not in recipe["test"]
+    fast = re.search(r'-m "([^"]+)"', recipe["test-fast"])
+    assert fast and fast[1] == "not slow and not pg and not redis and not crash"
+    declared = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert all(f'"{marker}: ' in declared for marker in ("slow", "pg", "redis", "crash"))
+    assert "scripts/test-min" in recipe["test-min"] and (ROOT / "scripts/test-min").exists()
+    assert "ruff check" in recipe["lint"] and "scripts/typecheck" in recipe["lint"]
+    assert re.search(r"^strict = true$", declared, re.M)
+    assert "benchmarks/run.py" in recipe["bench"]
+    runner = (ROOT / "scripts/run-tests").read_text(encoding="utf-8")
+    assert "scripts/pg-server start" in runner and "scripts/redis-server start" in runner
+    assert "trap cleanup EXIT" in runner
