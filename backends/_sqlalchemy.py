@@ -46,7 +46,7 @@ class SQLAlchemySession:
         sessions_table: str = "agent_sessions",
         messages_table: str = "agent_messages",
         session_settings: SessionSettings | dict[str, Any] | None = None,
-        ensure_ascii: bool = False,
+        ensure_ascii: bool = True,
     ) -> None:
         check_session_id(session_id)
         check_async_engine(engine)
@@ -156,9 +156,13 @@ class SQLAlchemySession:
     def _encode(self, items: Sequence[object]) -> list[str]:
         """Validate every item, then return the texts to store (the SDK's ASCII JSON if asked)."""
         texts = encode_items(items)
-        if self._ensure_ascii:
-            texts = [json.dumps(item, ensure_ascii=True, separators=(",", ":")) for item in items]
-        return texts
+        if not self._ensure_ascii:
+            return texts
+        # ASCII text is already what an escaping encoder would write (sealed items always are).
+        return [
+            text if text.isascii() else json.dumps(item, ensure_ascii=True, separators=(",", ":"))
+            for text, item in zip(texts, items, strict=True)
+        ]
 
     # -- the Session protocol -------------------------------------------------------------
 

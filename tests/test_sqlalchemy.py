@@ -494,11 +494,19 @@ async def test_rows_that_are_not_json_objects_are_refused_and_never_logged(
     assert "secret" not in caplog.text
 
 
-async def test_ensure_ascii_stores_the_sdk_format(db: Db) -> None:
-    session = db.session(sid(), ensure_ascii=True)
+async def test_by_default_non_ascii_is_escaped_as_the_sdk_stores_it(db: Db) -> None:
+    session = db.session(sid())
     await session.add_items([{"content": "héllo"}])
     raw = db.query(f"SELECT message_data FROM {db.messages}")[0][0]
     assert raw == json.dumps({"content": "héllo"}, separators=(",", ":"))
+    assert await session.get_items() == [{"content": "héllo"}]
+
+
+async def test_ensure_ascii_false_stores_text_as_it_is(db: Db) -> None:
+    session = db.session(sid(), ensure_ascii=False)
+    await session.add_items([{"content": "héllo"}])
+    raw = db.query(f"SELECT message_data FROM {db.messages}")[0][0]
+    assert raw == '{"content":"héllo"}'
     assert await session.get_items() == [{"content": "héllo"}]
 
 
