@@ -158,7 +158,7 @@ class SQLAlchemySession:
         texts = encode_items(items)
         if not self._ensure_ascii:
             return texts
-        # ASCII text is already what an escaping encoder would write (sealed items always are).
+        # ASCII text is already what an escaping encoder writes (as sealed items nearly always are).
         return [
             text if text.isascii() else json.dumps(item, ensure_ascii=True, separators=(",", ":"))
             for text, item in zip(texts, items, strict=True)
