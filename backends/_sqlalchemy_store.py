@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from typing import Any
 
-from encmem.errors import NotASessionStoreError
+from sqlalchemy import text
+from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from encmem.errors import NotASessionStoreError, StoreError
 
 from ._identifiers import check_table_name
 from ._sqlalchemy import SQLAlchemySession
 from ._sqlalchemy_engine import open_engine
 from ._sqlalchemy_schema import missing_tables, tables_with_session_id
+
+
+def _engine(url: str, read_only: bool, shown: str) -> AsyncEngine:
+    """An engine for ``url``, or a StoreError that says what is wrong with the URL."""
+    options: dict[str, Any] = {}
+    if read_only and url.startswith("postgresql+asyncpg"):
+        # Read-only transactions: the server refuses any write this store might attempt.
+        options["execution_options"] = {"postgresql_readonly": True}
+    try:
+        return open_engine(url, options)
+    except ImportError as exc:
+        raise StoreError(
+            f"the URL {shown} needs the Python module {exc.name!r}, which is not installed "
+            "(pip install it, or name another driver: dialect+driver://...)"
+        ) from None
+    except InvalidRequestError:
+        raise StoreError(
+            f"the URL {shown} names a driver that is not async; name an async one, e.g. "
+            "postgresql+asyncpg://, sqlite+aiosqlite:///, mysql+aiomysql://"
+        ) from None
+    except NoSuchModuleError:
+        raise StoreError(
+            f"the URL {shown} names a database dialect or driver that SQLAlchemy does not know"
+        ) from None
+    except (ArgumentError, ValueError) as exc:
+        raise StoreError(f"the URL {shown} is malformed ({type(exc).__name__})") from None
 
 
 class SQLAlchemySessionStore:
@@ -22,10 +51,13 @@ class SQLAlchemySessionStore:
         *,
         sessions_table: str = "agent_sessions",
         messages_table: str = "agent_messages",
+        read_only: bool = False,
+        shown: str = "given",
     ) -> None:
         self.sessions_table = check_table_name(sessions_table, "sessions_table")
         self.messages_table = check_table_name(messages_table, "messages_table")
-        self.engine = open_engine(url)
+        self.read_only = read_only
+        self.engine = _engine(url, read_only, shown)
         self._sessions: list[SQLAlchemySession] = []
 
     async def check(self) -> SQLAlchemySessionStore:
@@ -71,6 +103,8 @@ class SQLAlchemySessionStore:
         return session
 
     async def erase_session(self, session_id: str) -> int:
+        if self.read_only:
+            raise StoreError("the store was opened read-only; nothing was erased")
         tables = await tables_with_session_id(self.engine)
         ordered = sorted(tables, key=lambda name: name == self.sessions_table)
         removed = 0

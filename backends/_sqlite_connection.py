@@ -206,7 +206,12 @@ def immediate(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) 
     return result
 
 
-def _configure(conn: sqlite3.Connection, is_file: bool, busy_timeout: float) -> None:
+def _configure(
+    conn: sqlite3.Connection, is_file: bool, busy_timeout: float, read_only: bool
+) -> None:
+    if read_only:  # no WAL switch, nothing created: a refused write fails, never lands
+        conn.execute("PRAGMA query_only=ON")
+        return
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA secure_delete=ON")
     if is_file:
@@ -214,7 +219,7 @@ def _configure(conn: sqlite3.Connection, is_file: bool, busy_timeout: float) -> 
 
 
 def _connector(
-    database: str, is_file: bool, busy_timeout: float
+    database: str, is_file: bool, busy_timeout: float, read_only: bool
 ) -> Callable[[], sqlite3.Connection]:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -222,9 +227,10 @@ def _connector(
             timeout=busy_timeout,
             isolation_level=None,
             check_same_thread=False,
+            uri=read_only,
         )
         try:
-            _configure(conn, is_file, busy_timeout)
+            _configure(conn, is_file, busy_timeout, read_only)
         except BaseException:
             conn.close()
             raise
@@ -234,18 +240,27 @@ def _connector(
 
 
 class SharedConnection:
-    """A database's worker (started on first use), plus the schemas already created through it."""
+    """A database's worker (started on first use), plus the schemas already created through it.
+
+    A read-only one is opened from a SQLite URI (``database``) and never writes.
+    """
 
     def __init__(
-        self, key: str, database: str, is_file: bool, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+        self,
+        key: str,
+        database: str,
+        is_file: bool,
+        busy_timeout: float = BUSY_TIMEOUT_SECONDS,
+        read_only: bool = False,
     ) -> None:
         self.key = key
         self.is_file = is_file
+        self.read_only = read_only
         self.pid = os.getpid()
         self.users = 0
         self.schemas: set[tuple[str, ...]] = set()
-        self._connect = _connector(database, is_file, busy_timeout)
-        self._name = f"encmem-sqlite {os.path.basename(database) or database}"
+        self._connect = _connector(database, is_file, busy_timeout, read_only)
+        self._name = f"encmem-sqlite {os.path.basename(key) or database}"
         self._worker: _Worker | None = None
         self._finalizer: weakref.finalize[[bool], SharedConnection] | None = None
         self._closed = False
@@ -332,6 +347,27 @@ def acquire(db_path: str | Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> 
             existing = _registry[entry] = SharedConnection(key, key, True, busy_timeout)
         existing.users += 1
         return existing
+
+
+def open_read_only(
+    db_path: str | Path, uri: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> SharedConnection:
+    """A connection of its own that reads ``db_path`` through the read-only SQLite ``uri``.
+
+    It is never shared through the registry, so a session of this process that writes to
+    the same file gets a writable connection of its own; :func:`share` hands it to others.
+    """
+    key, _ = _key_for(db_path)
+    shared = SharedConnection(key, uri, True, busy_timeout, read_only=True)
+    shared.users = 1
+    return shared
+
+
+def share(shared: SharedConnection) -> SharedConnection:
+    """Take one more reference to ``shared`` (each is given back with :func:`release`)."""
+    with _lock:
+        shared.users += 1
+    return shared
 
 
 def release(shared: SharedConnection) -> asyncio.Future[None] | None:

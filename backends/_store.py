@@ -1,23 +1,122 @@
 """Whole session databases, for store-wide maintenance: list sessions, open them, erase one.
 
-``open_store(target)`` takes a SQLite file path or a SQLAlchemy URL. A SQLite file that has
-the advanced tables is opened with AdvancedSQLiteSession, so maintenance keeps branches and
-turn structure consistent.
+``open_store(target)`` takes a SQLite file path or a SQLAlchemy URL (``postgresql://`` means
+asyncpg, the driver the ``sqlalchemy`` extra installs). A SQLite file that has the advanced
+tables is opened with AdvancedSQLiteSession, so maintenance keeps branches and turn structure
+consistent. ``read_only=True`` reads a store without changing a byte of it, or of its -wal
+and -shm files, and works on read-only files in read-only directories.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
 from pathlib import Path
 
 from encmem._protocol import SessionStore
-from encmem.errors import NotASessionStoreError
+from encmem.errors import NotASessionStoreError, StoreError
 
+from . import _advanced_schema as schema
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name, quote_identifier
 from ._sqlite import SQLiteSession
 
-_URL_SCHEMES = ("sqlite+", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+_DEFAULT_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+"""URL schemes without an async driver, and the driver the ``sqlalchemy`` extra installs."""
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def shown_target(target: str) -> str:
+    """A path or URL as the user wrote it, for messages: only a URL's password is masked."""
+    return repr(re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", target))
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the file's header says write-ahead log (bytes 18 and 19 are 2)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except OSError:
+        return False
+    return header.startswith(_SQLITE_HEADER) and header[18:20] == b"\x02\x02"
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
+def _read_only_uri(path: Path, shown: str) -> tuple[str, bool]:
+    """The SQLite URI that reads ``path`` and writes nothing, not even beside it; and whether
+    it reads without locks.
+
+    A rollback-journal file: ``mode=ro`` takes shared locks and creates nothing. A WAL file
+    with its -wal and -shm: ``readonly_shm`` maps the -shm read-only and indexes the -wal in
+    memory, so the log's rows are read and no read mark is written. A WAL file without a log
+    to read holds everything itself: ``mode=ro`` would create -wal and -shm (and fails where
+    it cannot), ``immutable`` reads it without them or locks.
+    """
+    base = path.absolute().as_uri()
+    if not _in_wal_mode(path):
+        return f"{base}?mode=ro", False
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if wal.is_file() and shm.is_file():
+        return f"{base}?mode=ro&readonly_shm=1", False
+    wal_state = _file_state(wal)
+    if wal_state is None or wal_state[1] == 0:
+        return f"{base}?mode=ro&immutable=1", True
+    raise StoreError(
+        f"{shown} has a write-ahead log ({wal.name}) but no {shm.name} beside it; SQLite "
+        "cannot read the log without creating that file, and a read-only open creates "
+        "nothing. Copy the database and its -wal file to a writable directory and read the copy"
+    )
+
+
+def _unwritable(path: Path) -> str | None:
+    """What keeps this user from writing the store: the file, its directory, or nothing."""
+    if not os.access(path, os.W_OK):
+        return "the file"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return "its directory (SQLite writes its -wal, -shm or journal there)"
+    return None
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def _branches_in_memory(conn: sqlite3.Connection, sessions: str) -> None:
+    """A store written by the Agents SDK's advanced session has no branch table, which a
+    writer would add; a reader lists the branches from a temporary one, in memory only."""
+    conn.execute("PRAGMA temp_store=MEMORY")
+    conn.execute("PRAGMA query_only=OFF")
+    try:
+        conn.execute(
+            f"CREATE TEMP TABLE {schema.BRANCHES} (session_id TEXT NOT NULL, branch_id TEXT NOT "
+            "NULL, created_at TIMESTAMP, deleted_at TIMESTAMP, PRIMARY KEY (session_id, branch_id))"
+        )
+        schema.backfill_branches(conn, sessions)
+    finally:
+        conn.execute("PRAGMA query_only=ON")
+
+
+def _read_through(session: SQLiteSession, shared: connections.SharedConnection) -> None:
+    """Make ``session`` read through the store's read-only connection. The store checked its
+    tables, so the session's schema counts as ready (SQLiteSession's key for it): a session
+    never creates tables through a read-only store."""
+    shared.schemas.add((type(session).__name__, session.sessions_table, session.messages_table))
+    session._shared = connections.share(shared)
 
 
 def _session_tables(conn: sqlite3.Connection) -> list[str]:
@@ -33,7 +132,7 @@ def _session_tables(conn: sqlite3.Connection) -> list[str]:
 
 
 class SQLiteSessionStore:
-    """Every session in one SQLite file."""
+    """Every session in one SQLite file; with ``read_only=True``, read without changing it."""
 
     def __init__(
         self,
@@ -42,47 +141,58 @@ class SQLiteSessionStore:
         sessions_table: str = "agent_sessions",
         messages_table: str = "agent_messages",
         busy_timeout: float = connections.BUSY_TIMEOUT_SECONDS,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self.sessions_table = check_table_name(sessions_table, "sessions_table")
         self.messages_table = check_table_name(messages_table, "messages_table")
         self.advanced = False
-        self._shared = connections.acquire(self.path, busy_timeout)
+        self.read_only = read_only
+        self._shown = shown_target(str(path))
+        self._unlocked_state: tuple[int, int, int] | None = None
+        if read_only:
+            uri, unlocked = _read_only_uri(self.path, self._shown)
+            if unlocked:
+                self._unlocked_state = _file_state(self.path)
+            self._shared = connections.open_read_only(self.path, uri, busy_timeout)
+        else:
+            self._shared = connections.acquire(self.path, busy_timeout)
         self._sessions: list[SQLiteSession] = []
         self._released = False
 
     async def check(self) -> SQLiteSessionStore:
         """Fail with a clear error unless the file holds the session tables."""
+        if not self.path.exists():
+            raise NotASessionStoreError(
+                f"there is no file {self._shown} (nothing was created); give the path of a "
+                "SQLite database"
+            )
         if not self.path.is_file():
             raise NotASessionStoreError(
-                f"{str(self.path)!r} is not a file; give a SQLite database path"
+                f"{self._shown} is not a file; give the path of a SQLite database"
+            )
+        if not self.read_only and (what := _unwritable(self.path)) is not None:
+            raise StoreError(
+                f"the store {self._shown} is read-only (this user cannot write {what}), so "
+                "nothing was changed; it can still be read without writing to it "
+                "(encmem inspect, verify, export and --dry-run runs do)"
             )
         try:
             await self._shared.start()
+            tables = await self._shared.run(_table_names)
         except sqlite3.DatabaseError as exc:
             raise NotASessionStoreError(
-                f"{str(self.path)!r} is not a SQLite database ({exc})"
+                f"{self._shown} is not a SQLite database ({exc})"
             ) from None
-
-        def inspect(conn: sqlite3.Connection) -> set[str]:
-            try:
-                return {
-                    r[0]
-                    for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                }
-            except sqlite3.DatabaseError as exc:
-                raise NotASessionStoreError(
-                    f"{str(self.path)!r} is not a SQLite database ({exc})"
-                ) from None
-
-        tables = await self._shared.run(inspect)
         missing = {self.sessions_table, self.messages_table} - tables
         if missing:
             raise NotASessionStoreError(
-                f"{str(self.path)!r} has no {', '.join(sorted(missing))} table; it is not a "
+                f"{self._shown} has no {', '.join(sorted(missing))} table; it is not a "
                 "session store (or pass --sessions-table / --messages-table)"
             )
-        self.advanced = "message_structure" in tables
+        self.advanced = schema.STRUCTURE in tables
+        if self.advanced and self.read_only and schema.BRANCHES not in tables:
+            await self._shared.run(lambda conn: _branches_in_memory(conn, self.sessions_table))
         return self
 
     async def session_ids(self) -> list[str]:
@@ -119,10 +229,15 @@ class SQLiteSessionStore:
                 sessions_table=self.sessions_table,
                 messages_table=self.messages_table,
             )
+        if self.read_only:
+            _read_through(session, self._shared)
         self._sessions.append(session)
         return session
 
     async def erase_session(self, session_id: str) -> int:
+        if self.read_only:
+            raise StoreError(f"{self._shown} was opened read-only; nothing was erased")
+
         def delete_rows(conn: sqlite3.Connection) -> int:
             removed = 0
             tables = _session_tables(conn)
@@ -145,7 +260,11 @@ class SQLiteSessionStore:
         return result
 
     async def aclose(self) -> None:
-        """Close every session opened through the store, then the store's connection."""
+        """Close every session opened through the store, then the store's connection.
+
+        A read-only store that read its file without locks (a WAL file with no log beside
+        it) raises StoreError here if the file was written to meanwhile.
+        """
         if self._released:
             return
         self._released = True
@@ -155,6 +274,11 @@ class SQLiteSessionStore:
         closing = connections.release(self._shared)
         if closing is not None:
             await closing
+        if self._unlocked_state is not None and _file_state(self.path) != self._unlocked_state:
+            raise StoreError(
+                f"{self._shown} was written to while it was read (a writer started meanwhile), "
+                "so what was read may be inconsistent; run again"
+            )
 
     async def close(self) -> None:
         """The same as :meth:`aclose`."""
@@ -167,8 +291,35 @@ class SQLiteSessionStore:
         await self.aclose()
 
 
-def _is_url(target: str) -> bool:
-    return "://" in target and target.split("://", 1)[0].startswith(_URL_SCHEMES)
+def _database_url(target: str) -> str | None:
+    """``target`` as a SQLAlchemy URL with an async driver, or None when it is a file path."""
+    match = _SCHEME.match(target)
+    if match is None or Path(target).exists():
+        return None
+    scheme = match.group(1).lower()
+    if scheme in _DEFAULT_DRIVERS:
+        return _DEFAULT_DRIVERS[scheme] + target[match.end(1) :]
+    if "+" in scheme or scheme in _DIALECTS:
+        return target
+    raise NotASessionStoreError(
+        f"{shown_target(target)} is not a file, and {match.group(1)!r} is not a database URL "
+        "scheme; give a SQLite file path or a SQLAlchemy URL such as "
+        "postgresql://user@host/dbname or sqlite+aiosqlite:///file.db"
+    )
+
+
+_NEEDS_EXTRA = "database URLs need the sqlalchemy extra: pip install 'encmem[sqlalchemy]'"
+
+
+def _sqlite_url_path(url: str) -> str | None:
+    """The file a ``sqlite+aiosqlite:///`` URL names (None for an in-memory database)."""
+    try:
+        from sqlalchemy.engine import make_url
+    except ImportError:
+        raise StoreError(_NEEDS_EXTRA) from None
+
+    database = make_url(url).database
+    return database if database and database != ":memory:" else None
 
 
 async def open_store(
@@ -177,20 +328,35 @@ async def open_store(
     sessions_table: str = "agent_sessions",
     messages_table: str = "agent_messages",
     busy_timeout: float = connections.BUSY_TIMEOUT_SECONDS,
+    read_only: bool = False,
 ) -> SessionStore:
-    """Open a session database by SQLite path or SQLAlchemy URL, checking it holds sessions."""
-    text = str(target)
-    if _is_url(text):
-        from ._sqlalchemy_store import SQLAlchemySessionStore
+    """Open a session database by SQLite path or SQLAlchemy URL, checking it holds sessions.
 
+    ``postgresql://`` and ``postgres://`` URLs use asyncpg, ``sqlite://`` ones aiosqlite.
+    With ``read_only=True`` nothing is written, created or switched (a SQLite file is read
+    through a read-only URI, even in a read-only directory); a missing file is an error.
+    """
+    text = str(target)
+    url = _database_url(text)
+    path = _sqlite_url_path(url) if url and read_only and url.startswith("sqlite") else None
+    if url is not None and path is None:
+        try:
+            from ._sqlalchemy_store import SQLAlchemySessionStore
+        except ImportError:
+            raise StoreError(_NEEDS_EXTRA) from None
         return await SQLAlchemySessionStore(
-            text, sessions_table=sessions_table, messages_table=messages_table
+            url,
+            sessions_table=sessions_table,
+            messages_table=messages_table,
+            read_only=read_only,
+            shown=shown_target(text),
         ).check()
     store = SQLiteSessionStore(
-        text,
+        path or text,
         sessions_table=sessions_table,
         messages_table=messages_table,
         busy_timeout=busy_timeout,
+        read_only=read_only,
     )
     try:
         return await store.check()
