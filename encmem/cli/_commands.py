@@ -5,35 +5,25 @@ The report is a dict: printed as JSON with ``--json``, as readable lines otherwi
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
-from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from .. import _stores as maintenance
-from .._envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
-from .._items import CorruptRow, Item
+from .._envelope import FORMAT_VERSION, is_envelope, looks_sealed
+from .._items import CorruptRow, Item, encode_item
 from .._keys import Keyring
-from .._protocol import Capabilities, SessionStore, StoreSession
-from ..errors import (
-    CommandError,
-    DecryptionError,
-    EncmemError,
-    InvalidKeyError,
-    TamperedItemError,
-)
+from .._protocol import SessionStore
+from ..errors import CommandError, EncmemError, InvalidItemError, InvalidKeyError
+from ._audit import EXIT_FINDINGS, EXIT_OK, inspect_store, verify_store
+from ._diagnosis import EXIT_KEYS, EXIT_STORE, Diagnosis, plural
+from ._export import EXIT_USAGE, export_session
 from ._progress import ProgressBar
+from ._walk import distinct_items, iso
 
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
-EXIT_KEYS = 3
-EXIT_STORE = 4
 EXIT_UNEXPECTED = 5
+_TEXT_CONTROLS = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - set("\t\n\r")
 
 
 def _keyring_from_file(path: Path) -> Keyring:
@@ -45,13 +35,16 @@ def _keyring_from_file(path: Path) -> Keyring:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is None or not _TEXT_CONTROLS.isdisjoint(text):
         if len(data) == 32:
             return Keyring(data)
+        what = "not UTF-8 text" if text is None else "binary, not text"
         raise CommandError(
-            f"the key file is not a text key ({len(data)} bytes that are not UTF-8 text); "
+            f"the key file is not a text key ({len(data)} bytes that are {what}); "
             "write 'kid:key' pairs or one key from `encmem keygen` into it",
             EXIT_KEYS,
-        ) from None
+        )
     return Keyring.parse(text)
 
 
@@ -73,170 +66,48 @@ def load_keyring(key_file: str | None) -> Keyring:
     )
 
 
-def iso(seconds: float | None) -> str | None:
-    """A seal time as UTC text; None when unknown or beyond what a calendar can show."""
-    if seconds is None:
-        return None
-    try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-async def _branches(session: StoreSession) -> list[str | None]:
-    caps = Capabilities.of(session)
-    if caps.branching is None or caps.branch_addressing is None:
-        return [None]
-    return [str(branch["branch_id"]) for branch in await caps.branching.list_branches()]
-
-
-async def _all_items(session: StoreSession) -> list[tuple[str | None, int, Item | CorruptRow]]:
-    """(branch, storage id, stored object) of every item, oldest first per branch."""
-    caps = Capabilities.of(session)
-    found: list[tuple[str | None, int, Item | CorruptRow]] = []
-    for branch in await _branches(session):
-        if branch is not None and caps.branch_addressing is not None:
-            stored = await caps.branch_addressing.get_stored_items(None, branch_id=branch)
-        else:
-            stored = await session.get_stored_items(None)
-        found.extend((branch, item_id, obj) for item_id, obj in stored)
-    return found
-
-
-# -- inspect / verify -----------------------------------------------------------------------
-
-
-def _count_item(
-    obj: object,
-    keyring: Keyring | None,
-    session_id: str,
-    ttl: float | None,
-    now: float,
-    tally: Counter[str],
-    kids: Counter[str],
-) -> int | None:
-    """Count one stored object into ``tally`` and ``kids``; its seal time when known."""
-    tally["items"] += 1
-    if isinstance(obj, CorruptRow):
-        tally["unreadable"] += 1
-        return None
-    if not is_envelope(obj):
-        tally["plaintext"] += 1
-        return None
-    assert isinstance(obj, dict)
-    kids[str(obj.get("kid"))] += 1
-    if obj.get("v") != FORMAT_VERSION:
-        tally["sdk_v1"] += 1
-    if keyring is None:
-        try:
-            return token_timestamp(str(obj.get("payload", "")))
-        except TamperedItemError:
-            tally["unreadable"] += 1
-            return None
-    try:
-        opened = open_envelope(obj, keyring, session_id)
-    except DecryptionError:
-        tally["unreadable"] += 1
-        return None
-    if ttl is not None and opened.sealed_at + ttl < now:
-        tally["expired"] += 1
-    return opened.sealed_at
-
-
-async def _inspect_session(
-    store: SessionStore, session_id: str, keyring: Keyring | None, ttl: float | None
-) -> dict[str, Any]:
-    now = time.time()
-    session = store.session(session_id)
-    branches = await _branches(session)
-    kids: Counter[str] = Counter()
-    tally = Counter({"items": 0, "plaintext": 0, "sdk_v1": 0, "expired": 0, "unreadable": 0})
-    times: list[int] = []
-    seen: set[int] = set()
-    for _, item_id, obj in await _all_items(session):
-        if item_id not in seen:
-            seen.add(item_id)
-            sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids)
-            if sealed_at is not None:
-                times.append(sealed_at)
-    return {
-        "session_id": session_id,
-        **tally,
-        "branches": len(branches) if branches != [None] else 1,
-        "key_ids": dict(sorted(kids.items())),
-        "oldest": iso(min(times)) if times else None,
-        "newest": iso(max(times)) if times else None,
-    }
-
-
-async def inspect_store(
-    store: SessionStore, keyring: Keyring | None, ttl: float | None
-) -> tuple[int, dict[str, Any]]:
-    sessions = [
-        await _inspect_session(store, session_id, keyring, ttl)
-        for session_id in await store.session_ids()
-    ]
-    totals = Counter[str]()
-    for row in sessions:
-        for name in ("items", "plaintext", "sdk_v1", "expired", "unreadable"):
-            totals[name] += row[name]
-    report = {
-        "sessions": sessions,
-        "totals": {"sessions": len(sessions), **totals},
-        "keys_given": keyring is not None,
-        "times_authenticated": keyring is not None,
-        "ttl": ttl,
-    }
-    return EXIT_OK, report
-
-
-async def verify_store(
-    store: SessionStore, keyring: Keyring, ttl: float | None
-) -> tuple[int, dict[str, Any]]:
-    now = time.time()
-    problems: list[dict[str, Any]] = []
-    checked = 0
-    for session_id in await store.session_ids():
-        session = store.session(session_id)
-        items = await _all_items(session)
-        seen: set[int] = set()
-        for branch, item_id, obj in items:
-            if item_id in seen:
-                continue
-            seen.add(item_id)
-            checked += 1
-            place = {"session_id": session_id, "branch_id": branch, "storage_id": item_id}
-            if isinstance(obj, CorruptRow):
-                problems.append({**place, "problem": f"corrupt-row ({obj.reason})"})
-                continue
-            if not is_envelope(obj):
-                problems.append({**place, "problem": "plaintext"})
-                continue
-            try:
-                opened = open_envelope(obj, keyring, session_id)
-            except DecryptionError as exc:
-                problems.append({**place, "problem": type(exc).__name__, "kid": obj.get("kid")})
-                continue
-            if opened.version != FORMAT_VERSION:
-                problems.append({**place, "problem": "sdk-v1-format (run encmem encrypt)"})
-            elif ttl is not None and opened.sealed_at + ttl < now:
-                problems.append({**place, "problem": "expired-not-purged"})
-    unreached = await store.count_items() - checked
-    if unreached > 0:
-        problems.append(
-            {
-                "session_id": "-",
-                "branch_id": None,
-                "storage_id": "-",
-                "problem": f"unreached: {unreached} stored rows belong to no session or branch "
-                "the store can read",
-            }
-        )
-    report = {"ok": not problems, "checked": checked, "problems": problems}
-    return (EXIT_OK if not problems else EXIT_FINDINGS), report
-
-
 # -- maintenance ----------------------------------------------------------------------------
+
+
+def _opened_by(kind: str, obj: Item | CorruptRow, primary: str) -> bool:
+    """Whether ``kind`` opens this stored object (what the others leave alone cannot stop it)."""
+    if isinstance(obj, CorruptRow):
+        return True
+    version = obj.get("v")
+    current = is_envelope(obj) and type(version) is int and version == FORMAT_VERSION
+    if kind == "rotate":
+        return not (current and obj.get("kid") == primary)
+    if kind == "encrypt":
+        return looks_sealed(obj) and not current
+    return True
+
+
+def _sealable(obj: Item) -> bool:
+    try:
+        encode_item(obj)
+    except InvalidItemError:
+        return False
+    return True
+
+
+async def _refusal(kind: str, store: SessionStore, keyring: Keyring) -> CommandError:
+    """Why the items a maintenance pass cannot open do not open, as one refusal."""
+    diagnosis = Diagnosis(keyring)
+    items = 0
+    async for session_id, stored in distinct_items(store):
+        items += 1
+        obj = stored[2]
+        if _opened_by(kind, obj, keyring.primary_kid):
+            diagnosis.open(session_id, stored)
+        elif kind == "encrypt" and not isinstance(obj, CorruptRow) and not _sealable(obj):
+            diagnosis.unsealable(session_id, stored)
+    diagnosis.settle()
+    causes = "; ".join(diagnosis.causes()) or "some items cannot be opened"
+    return CommandError(
+        f"nothing was changed: of {plural(items, 'item')}, {causes}. Pass --skip-unreadable "
+        "to go on and leave such items as they are",
+        diagnosis.exit_code(),
+    )
 
 
 async def run_maintenance(
@@ -259,12 +130,7 @@ async def run_maintenance(
     args: tuple[Any, ...] = (store, keyring) if kind != "purge" else (store, keyring, ttl)
     preview = await job(*args, batch_size=batch_size, dry_run=True)
     if preview["unreadable"] and not skip_unreadable:
-        raise CommandError(
-            f"{preview['unreadable']} of {preview['examined']} items cannot be opened with the "
-            "given keys (wrong or missing key?); nothing was changed. Add the missing keys, or "
-            "pass --skip-unreadable to leave those items as they are",
-            EXIT_KEYS,
-        )
+        raise await _refusal(kind, store, keyring)
     if dry_run:
         return EXIT_OK, preview
     bar = ProgressBar(kind)
@@ -276,40 +142,6 @@ async def run_maintenance(
 
 
 # -- export / erase -------------------------------------------------------------------------
-
-
-async def export_session(
-    store: SessionStore, keyring: Keyring, session_id: str, out: TextIO
-) -> tuple[int, dict[str, Any]]:
-    if session_id not in await store.session_ids():
-        raise CommandError(f"no session {session_id!r} in this store", EXIT_STORE)
-    session = store.session(session_id)
-    written = 0
-    unreadable = 0
-    for branch, item_id, obj in await _all_items(session):
-        try:
-            opened = open_envelope(obj, keyring, session_id)
-        except DecryptionError:
-            unreadable += 1
-            continue
-        line = {
-            "session_id": session_id,
-            "branch_id": branch,
-            "storage_id": item_id,
-            "sealed_at": iso(opened.sealed_at),
-            "item": opened.item,
-        }
-        out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        written += 1
-    out.flush()
-    report = {"session_id": session_id, "exported": written, "unreadable": unreadable}
-    if unreadable:
-        raise CommandError(
-            f"{unreadable} items of session {session_id!r} cannot be opened with the given "
-            f"keys; the other {written} were exported",
-            EXIT_KEYS,
-        )
-    return EXIT_OK, report
 
 
 def confirm(session_id: str, items: int, stdin: TextIO = sys.stdin) -> bool:
@@ -327,8 +159,7 @@ def confirm(session_id: str, items: int, stdin: TextIO = sys.stdin) -> bool:
 async def erase(store: SessionStore, session_id: str, yes: bool) -> tuple[int, dict[str, Any]]:
     if session_id not in await store.session_ids():
         raise CommandError(f"no session {session_id!r} in this store", EXIT_STORE)
-    session: Any = store.session(session_id)
-    items = len(await session.get_stored_items(None))
+    items = len(await store.session(session_id).get_stored_items(None))
     if not yes and not confirm(session_id, items):
         raise CommandError(
             "not confirmed; nothing was erased (pass --yes to erase without asking)",
@@ -349,6 +180,7 @@ __all__ = [
     "EncmemError",
     "erase",
     "export_session",
+    "iso",
     "inspect_store",
     "load_keyring",
     "run_maintenance",

@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .._keys import check_kid, generate_key
+from .._keys import Keyring, check_kid, generate_key
+from .._protocol import SessionStore
 from ..errors import (
     CommandError,
     DecryptionError,
@@ -30,6 +31,8 @@ from ..errors import (
     UnsupportedOperation,
 )
 from . import _commands as commands
+from ._export import Output, open_private
+from ._report import export_notice, print_report, safe
 
 _EPILOG = """\
 keys: from --key-file FILE, else ENCMEM_KEYS ('kid:key,kid:key', primary first), else
@@ -124,7 +127,14 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_maintenance_commands(sub)
     export = _store_command(sub, "export", "decrypted JSON Lines of one session (access requests)")
     export.add_argument("--session", required=True, metavar="ID")
-    export.add_argument("--out", help="write to this file instead of stdout")
+    export.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write to this new file (created readable by you only, mode 0600) instead of stdout",
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace FILE if it exists (it is created anew)"
+    )
     erase = _store_command(
         sub, "erase", "delete every row of one session from every table", keys=False
     )
@@ -133,77 +143,45 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_READ_ONLY_COMMANDS = ("inspect", "verify", "export")
 
 
-def _safe(text: object) -> str:
-    """Stored text for the terminal: control characters escaped, so that a session id or key
-    id read from the store cannot rewrite what the report shows."""
-    return str(text).translate(_CONTROL)
+def _reads_only(args: argparse.Namespace) -> bool:
+    """inspect, verify, export and every --dry-run open the store read-only: they change
+    nothing, and work on read-only files in read-only directories."""
+    return args.command in _READ_ONLY_COMMANDS or bool(getattr(args, "dry_run", False))
 
 
-def _print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-        return
-    if command == "inspect":
-        columns = (
-            "session_id",
-            "items",
-            "branches",
-            "plaintext",
-            "sdk_v1",
-            "expired",
-            "unreadable",
-            "oldest",
-            "newest",
-        )
-        rows = [
-            [_safe(row[c]) if row[c] is not None else "-" for c in columns]
-            for row in report["sessions"]
-        ]
-        for row, session in zip(rows, report["sessions"], strict=True):
-            row.append(_safe(",".join(f"{k}:{n}" for k, n in session["key_ids"].items())) or "-")
-        header = [*columns, "key_ids"]
-        widths = [
-            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-            for i, h in enumerate(header)
-        ]
-        for line in [header, *rows]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-        totals = report["totals"]
-        note = "" if report["keys_given"] else " (no keys given: expired/unreadable not checked)"
-        print(f"\n{totals['sessions']} sessions, {totals['items']} items{note}")
-        return
-    if command == "verify":
-        for problem in report["problems"]:
-            branch = f" branch {_safe(problem['branch_id'])}" if problem["branch_id"] else ""
-            print(
-                f"{_safe(problem['session_id'])}{branch} storage id {problem['storage_id']}: "
-                f"{_safe(problem['problem'])}"
-            )
-        verdict = "OK" if report["ok"] else f"FAILED: {len(report['problems'])} problems"
-        print(f"{verdict} ({report['checked']} items checked)")
-        return
-    if command in ("purge", "rotate", "encrypt"):
-        what = {"purge": "deleted", "rotate": "re-sealed", "encrypt": "sealed"}[command]
-        prefix = "would have " if report.get("dry_run") else ""
-        print(
-            f"{command}: {report['examined']} items in {report['sessions']} sessions examined, "
-            f"{prefix}{what} {report['changed']}, unchanged {report['unchanged']}, "
-            f"unreadable {report['unreadable']}"
-        )
-        return
-    if command == "erase":
-        removed = report["rows_removed"]
-        print(f"erased session {_safe(report['session_id'])!r}: {removed} rows removed")
-        return
-    if command == "export":
-        sys.stderr.write(f"exported {report['exported']} items of {report['session_id']!r}\n")
+async def _dispatch(
+    args: argparse.Namespace, store: SessionStore, keyring: Keyring | None
+) -> tuple[int, dict[str, Any]]:
+    if args.command == "inspect":
+        return await commands.inspect_store(store, keyring, args.ttl)
+    if args.command == "erase":
+        return await commands.erase(store, args.session, args.yes)
+    assert keyring is not None
+    if args.command == "verify":
+        return await commands.verify_store(store, keyring, args.ttl)
+    if args.command == "export":
+        out_path = args.out
+
+        def destination() -> Output:
+            return open_private(out_path, args.force) if out_path else Output(sys.stdout)
+
+        return await commands.export_session(store, keyring, args.session, destination)
+    return await commands.run_maintenance(
+        args.command,
+        store,
+        keyring,
+        ttl=getattr(args, "ttl", None),
+        dry_run=args.dry_run,
+        skip_unreadable=args.skip_unreadable,
+        batch_size=args.batch_size,
+    )
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from ..backends._store import open_store
+    from ..backends import open_store
 
     keyring = None
     if args.command != "erase":
@@ -215,42 +193,22 @@ async def _run(args: argparse.Namespace) -> int:
         sessions_table=args.sessions_table,
         messages_table=args.messages_table,
         busy_timeout=args.busy_timeout,
+        read_only=_reads_only(args),
     )
     try:
-        if args.command == "inspect":
-            code, report = await commands.inspect_store(store, keyring, args.ttl)
-        elif args.command == "verify":
-            assert keyring is not None
-            code, report = await commands.verify_store(store, keyring, args.ttl)
-        elif args.command in ("purge", "rotate", "encrypt"):
-            assert keyring is not None
-            code, report = await commands.run_maintenance(
-                args.command,
-                store,
-                keyring,
-                ttl=getattr(args, "ttl", None),
-                dry_run=args.dry_run,
-                skip_unreadable=args.skip_unreadable,
-                batch_size=args.batch_size,
-            )
-        elif args.command == "export":
-            assert keyring is not None
-            if args.out:
-                with open(args.out, "w", encoding="utf-8") as out:
-                    code, report = await commands.export_session(store, keyring, args.session, out)
-            else:
-                code, report = await commands.export_session(
-                    store, keyring, args.session, sys.stdout
-                )
-        else:
-            code, report = await commands.erase(store, args.session, args.yes)
+        code, report = await _dispatch(args, store, keyring)
     finally:
         await store.aclose()
-    if args.command != "export" or args.json:
-        if args.command == "export" and args.out is None:
-            sys.stderr.write(json.dumps(report) + "\n")
-        else:
-            _print_report(args.command, report, args.json)
+    if args.command != "export":
+        print_report(args.command, report, args.json)
+    elif report.get("output_closed"):
+        pass  # the reader stopped reading: nothing more to say, as cat says nothing
+    elif args.json and args.out is None:
+        sys.stderr.write(json.dumps(report) + "\n")
+    elif args.json:
+        print_report(args.command, report, True)
+    else:
+        sys.stderr.write(export_notice(report, args.out) + "\n")
     return code
 
 
@@ -276,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key = f"{check_kid(args.kid)}:{key}"
             except InvalidKeyError as exc:
                 parser.error(str(exc))
-        sys.stdout.write(key + "\n")
+        out = Output(sys.stdout)
+        out.write(key + "\n")
+        out.flush()
         return commands.EXIT_OK
     if args.command == "demo":
         from ._demo import main as demo_main
@@ -323,10 +283,20 @@ def _explain(exc: Exception) -> tuple[str, int]:
             commands.EXIT_STORE,
         )
     kind_name = type(exc).__name__
-    if isinstance(exc, (sqlite3.Error, OSError)) or kind_name in (
-        "OperationalError",
-        "InterfaceError",
-    ):
+    if isinstance(exc, sqlite3.Error):
+        # SQLite's own messages name the failure, never a stored value.
+        if "readonly" in str(exc).lower():
+            return (
+                f"the store cannot be written ({safe(exc)}): this user cannot write the "
+                "database file, its directory or its -wal/-shm files. inspect, verify and "
+                "export read a store without writing to it",
+                commands.EXIT_STORE,
+            )
+        return f"cannot use the database ({kind_name}: {safe(exc)})", commands.EXIT_STORE
+    if isinstance(exc, OSError):
+        where = f" {safe(repr(exc.filename))}" if exc.filename else " the database"
+        return f"cannot use{where} ({kind_name}: {exc.strerror})", commands.EXIT_STORE
+    if kind_name in ("OperationalError", "InterfaceError"):
         return f"cannot use the database ({kind_name})", commands.EXIT_STORE
     return f"unexpected error ({kind_name}); run again with --debug", commands.EXIT_UNEXPECTED
 

@@ -1,0 +1,149 @@
+"""``encmem inspect`` and ``encmem verify``: what a store holds, and whether all of it is valid.
+
+Both only read: the command opens the store read-only for them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from .._envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
+from .._items import CorruptRow
+from .._keys import Keyring
+from .._protocol import SessionStore
+from ..errors import DecryptionError, TamperedItemError
+from ._diagnosis import EXIT_KEYS, Diagnosis
+from ._walk import all_items, branches, distinct_items, iso, kid_label
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+_UNSHOWN_KID = "<invalid>"
+
+
+def _count_item(
+    obj: object,
+    keyring: Keyring | None,
+    session_id: str,
+    ttl: float | None,
+    now: float,
+    tally: Counter[str],
+    kids: Counter[str],
+) -> int | None:
+    """Count one stored object into ``tally`` and ``kids``; its seal time when known."""
+    tally["items"] += 1
+    if isinstance(obj, CorruptRow):
+        tally["unreadable"] += 1
+        return None
+    if not is_envelope(obj):
+        tally["plaintext"] += 1
+        return None
+    assert isinstance(obj, dict)
+    kids[kid_label(obj.get("kid")) or _UNSHOWN_KID] += 1
+    if obj.get("v") != FORMAT_VERSION:
+        tally["sdk_v1"] += 1
+    if keyring is None:
+        try:
+            return token_timestamp(str(obj.get("payload", "")))
+        except TamperedItemError:
+            tally["unreadable"] += 1
+            return None
+    try:
+        opened = open_envelope(obj, keyring, session_id)
+    except DecryptionError:
+        tally["unreadable"] += 1
+        return None
+    if ttl is not None and opened.sealed_at + ttl < now:
+        tally["expired"] += 1
+    return opened.sealed_at
+
+
+async def _inspect_session(
+    store: SessionStore, session_id: str, keyring: Keyring | None, ttl: float | None
+) -> dict[str, Any]:
+    now = time.time()
+    session = store.session(session_id)
+    found = await branches(session)
+    kids: Counter[str] = Counter()
+    tally = Counter({"items": 0, "plaintext": 0, "sdk_v1": 0, "expired": 0, "unreadable": 0})
+    times: list[int] = []
+    seen: set[int] = set()
+    for _, item_id, obj in await all_items(session):
+        if item_id not in seen:
+            seen.add(item_id)
+            sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids)
+            if sealed_at is not None:
+                times.append(sealed_at)
+    return {
+        "session_id": session_id,
+        **tally,
+        "branches": len(found) if found != [None] else 1,
+        "key_ids": dict(sorted(kids.items())),
+        "oldest": iso(min(times)) if times else None,
+        "newest": iso(max(times)) if times else None,
+    }
+
+
+async def inspect_store(
+    store: SessionStore, keyring: Keyring | None, ttl: float | None
+) -> tuple[int, dict[str, Any]]:
+    sessions = [
+        await _inspect_session(store, session_id, keyring, ttl)
+        for session_id in await store.session_ids()
+    ]
+    totals = Counter[str]()
+    for row in sessions:
+        for name in ("items", "plaintext", "sdk_v1", "expired", "unreadable"):
+            totals[name] += row[name]
+    report = {
+        "sessions": sessions,
+        "totals": {"sessions": len(sessions), **totals},
+        "keys_given": keyring is not None,
+        "times_authenticated": keyring is not None,
+        "ttl": ttl,
+    }
+    return EXIT_OK, report
+
+
+async def verify_store(
+    store: SessionStore, keyring: Keyring, ttl: float | None
+) -> tuple[int, dict[str, Any]]:
+    """Every item, opened: exit 0 when all are valid, 1 with findings, 3 with key problems
+    (a key id the keys lack, or one whose key opens none of its items: reported once)."""
+    now = time.time()
+    problems: list[dict[str, Any]] = []
+    diagnosis = Diagnosis(keyring, problems)
+    checked = 0
+    async for session_id, stored in distinct_items(store):
+        checked += 1
+        opened = diagnosis.open(session_id, stored)
+        if opened is None:
+            continue
+        place = {"session_id": session_id, "branch_id": stored[0], "storage_id": stored[1]}
+        if opened.version != FORMAT_VERSION:
+            problems.append({**place, "problem": "sdk-v1-format (run encmem encrypt)"})
+        elif ttl is not None and opened.sealed_at + ttl < now:
+            problems.append({**place, "problem": "expired-not-purged"})
+    key_problem = diagnosis.settle()
+    unreached = await store.count_items() - checked
+    if unreached > 0:
+        problems.append(
+            {
+                "session_id": "-",
+                "branch_id": None,
+                "storage_id": "-",
+                "problem": f"unreached: {unreached} stored rows belong to no session or branch "
+                "the store can read",
+            }
+        )
+    report = {
+        "ok": not problems,
+        "keys_ok": not key_problem,
+        "checked": checked,
+        "unopened": diagnosis.unopened(),
+        "problems": problems,
+    }
+    if key_problem:
+        return EXIT_KEYS, report
+    return (EXIT_OK if not problems else EXIT_FINDINGS), report

@@ -1,0 +1,230 @@
+"""Why stored items do not open, sorted by cause, so that each is reported as what it is.
+
+A key id under which no item of the store authenticates has the wrong key: one key problem,
+reported once, as is a key id the given keys lack. An item that fails under a key which
+authenticates others was altered or moved: a finding about that item. Plaintext and rows
+that hold no item are the store's content, not key problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._envelope import (
+    FORMAT_VERSION,
+    SDK_FORMAT_VERSION,
+    Opened,
+    is_envelope,
+    looks_sealed,
+    open_envelope,
+)
+from .._items import CorruptRow
+from .._keys import SDK_KID, Keyring
+from ..errors import DecryptionError, UnknownKeyIdError
+from ._walk import Stored, kid_label
+
+EXIT_KEYS = 3
+EXIT_STORE = 4
+_UNSHOWN = "<a key id that is not a valid one>"
+
+
+@dataclass
+class KeyUse:
+    """The items of the store sealed under one key id, and how many of them authenticate."""
+
+    authentic: int = 0
+    unauthentic: list[dict[str, Any]] = field(default_factory=list)
+    missing: int = 0
+    sessions: list[str] = field(default_factory=list)
+
+    def seen_in(self, session_id: str) -> None:
+        if not self.sessions or self.sessions[-1] != session_id:
+            self.sessions.append(session_id)
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _are(count: int, noun: str) -> str:
+    return f"{plural(count, noun)} {'is' if count == 1 else 'are'}"
+
+
+def sessions_text(sessions: list[str]) -> str:
+    """Session ids for a message: repr() escapes control characters, three at most."""
+    named = ", ".join(repr(s) for s in sessions[:3])
+    more = f" and {len(sessions) - 3} more" if len(sessions) > 3 else ""
+    return f"{'session' if len(sessions) == 1 else 'sessions'} {named}{more}"
+
+
+class Diagnosis:
+    """Opens stored objects with a keyring and records, per cause, those that do not open.
+
+    Findings about single items go to ``findings`` in the order met; key problems are
+    settled by :meth:`settle` once every item was seen.
+    """
+
+    def __init__(self, keyring: Keyring, findings: list[dict[str, Any]] | None = None) -> None:
+        self.keyring = keyring
+        self.findings = findings if findings is not None else []
+        self.kids: dict[str | None, KeyUse] = {}
+        self.counts = {"plaintext": 0, "corrupt": 0, "altered": 0, "unsealable": 0}
+        self.items = 0
+        self._altered_alone = 0
+
+    def open(self, session_id: str, stored: Stored) -> Opened | None:
+        """Open one stored object; None (and the cause recorded) when it does not open."""
+        branch, item_id, obj = stored
+        place = {"session_id": session_id, "branch_id": branch, "storage_id": item_id}
+        self.items += 1
+        if isinstance(obj, CorruptRow):
+            self.counts["corrupt"] += 1
+            self.findings.append({**place, "problem": f"corrupt-row ({obj.reason})"})
+            return None
+        if not is_envelope(obj) and not looks_sealed(obj):
+            self.counts["plaintext"] += 1
+            self.findings.append({**place, "problem": "plaintext"})
+            return None
+        kid = kid_label(obj.get("kid"))
+        try:
+            opened = open_envelope(obj, self.keyring, session_id)
+        except UnknownKeyIdError:
+            use = self._use(kid, session_id)
+            use.missing += 1
+            return None
+        except DecryptionError as exc:
+            finding = {**place, "problem": type(exc).__name__, "kid": kid}
+            if kid is not None and self._held(obj, kid) and not self._authentic(obj, session_id):
+                self._use(kid, session_id).unauthentic.append(finding)
+            else:  # damaged, or authentic but altered around its token: about this item only
+                if kid is not None and self._held(obj, kid):
+                    self._use(kid, session_id).authentic += 1
+                self._altered_alone += 1
+            self.findings.append(finding)
+            return None
+        self._use(opened.kid, session_id).authentic += 1
+        return opened
+
+    def unsealable(self, session_id: str, stored: Stored) -> None:
+        """Record a plaintext item that cannot be sealed (a value JSON cannot carry)."""
+        self.items += 1
+        self.counts["unsealable"] += 1
+        branch, item_id, _ = stored
+        place = {"session_id": session_id, "branch_id": branch, "storage_id": item_id}
+        self.findings.append({**place, "problem": "unsealable-plaintext"})
+
+    def _use(self, kid: str | None, session_id: str) -> KeyUse:
+        use = self.kids.setdefault(kid, KeyUse())
+        use.seen_in(session_id)
+        return use
+
+    def _held(self, obj: dict[str, Any], kid: str) -> bool:
+        version = obj.get("v")
+        if version == SDK_FORMAT_VERSION and type(version) is int:
+            return kid == SDK_KID
+        return version == FORMAT_VERSION and type(version) is int and kid in self.keyring
+
+    def _authentic(self, obj: dict[str, Any], session_id: str) -> bool:
+        """Whether the token authenticates under the key of its key id (whatever else is
+        wrong with the item): the key is right then."""
+        token = obj.get("payload")
+        if not isinstance(token, str):
+            return False
+        if obj.get("v") == SDK_FORMAT_VERSION:
+            keys = self.keyring.sdk_keys(session_id)
+        else:
+            key = self.keyring.session_key(str(obj.get("kid")), session_id)
+            keys = [key] if key is not None else []
+        return any(key.open(token) is not None for key in keys)
+
+    # -- after every item was seen --------------------------------------------------------
+
+    def wrong_keys(self) -> dict[str | None, KeyUse]:
+        return {k: u for k, u in self.kids.items() if u.unauthentic and not u.authentic}
+
+    def missing_keys(self) -> dict[str | None, KeyUse]:
+        return {k: u for k, u in self.kids.items() if u.missing}
+
+    def settle(self) -> bool:
+        """Replace the item findings a wrong key explains by one finding per key id, add one
+        per missing key id; True when there is a key problem."""
+        wrong, missing = self.wrong_keys(), self.missing_keys()
+        explained = {id(f) for use in wrong.values() for f in use.unauthentic}
+        self.findings[:] = [f for f in self.findings if id(f) not in explained]
+        for kid, use in wrong.items():
+            self.findings.append(_key_finding("wrong-key", kid, len(use.unauthentic), use))
+        for kid, use in missing.items():
+            self.findings.append(_key_finding("missing-key", kid, use.missing, use))
+        # Failures under a key that authenticates other items: those items were altered.
+        under_right_keys = sum(len(u.unauthentic) for u in self.kids.values() if u.authentic)
+        self.counts["altered"] = self._altered_alone + under_right_keys
+        return bool(wrong or missing)
+
+    def causes(self) -> list[str]:
+        """One phrase per cause found (call :meth:`settle` first), each with what to do."""
+        phrases = []
+        for kid, use in self.missing_keys().items():
+            phrases.append(
+                f"{_are(use.missing, 'item')} in {sessions_text(use.sessions)} sealed under key "
+                f"id {_kid_text(kid)}, for which no key was given (add it to the keys)"
+            )
+        for kid, use in self.wrong_keys().items():
+            phrases.append(
+                f"{_are(len(use.unauthentic), 'item')} in {sessions_text(use.sessions)} sealed "
+                f"under key id {_kid_text(kid)}, and the key given for that id opens none of "
+                "them: it is the wrong key for that id"
+            )
+        count = self.counts
+        if count["altered"]:
+            one = count["altered"] == 1
+            phrases.append(
+                f"{plural(count['altered'], 'item')} {'fails' if one else 'fail'} "
+                "authentication although the key opens other items (altered, or moved from "
+                "another session; `encmem verify` lists them)"
+            )
+        if count["plaintext"]:
+            phrases.append(
+                f"{_are(count['plaintext'], 'item')} plaintext, never sealed (`encmem encrypt` "
+                "seals plaintext items)"
+            )
+        if count["unsealable"]:
+            phrases.append(
+                f"{plural(count['unsealable'], 'plaintext item')} cannot be sealed (it holds a "
+                "value JSON cannot carry, such as NaN)"
+            )
+        if count["corrupt"]:
+            one = count["corrupt"] == 1
+            phrases.append(
+                f"{plural(count['corrupt'], 'stored row')} {'holds' if one else 'hold'} no "
+                "readable item (`encmem verify` lists them)"
+            )
+        return phrases
+
+    def unopened(self) -> int:
+        """How many items did not open, whatever the cause (after :meth:`settle`)."""
+        keyless = sum(len(u.unauthentic) for u in self.wrong_keys().values())
+        keyless += sum(u.missing for u in self.kids.values())
+        return keyless + sum(self.counts.values())
+
+    def exit_code(self) -> int:
+        """Keys (missing, wrong) and authentication failures: 3; store content alone: 4."""
+        if self.missing_keys() or self.wrong_keys() or self.counts["altered"]:
+            return EXIT_KEYS
+        return EXIT_STORE
+
+
+def _kid_text(kid: str | None) -> str:
+    return repr(kid) if kid is not None else _UNSHOWN
+
+
+def _key_finding(problem: str, kid: str | None, items: int, use: KeyUse) -> dict[str, Any]:
+    return {
+        "session_id": "-",
+        "branch_id": None,
+        "storage_id": "-",
+        "problem": problem,
+        "kid": kid,
+        "items": items,
+        "sessions": list(use.sessions),
+    }

@@ -1,0 +1,134 @@
+"""Reports for a person (readable lines) or a program (``--json``), on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from ._diagnosis import plural, sessions_text
+from ._export import Output, stdout_is_shared_file
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+_INSPECT_COLUMNS = (
+    "session_id",
+    "items",
+    "branches",
+    "plaintext",
+    "sdk_v1",
+    "expired",
+    "unreadable",
+    "oldest",
+    "newest",
+)
+
+
+def safe(text: object) -> str:
+    """Stored text for the terminal: control characters escaped, so that a session id or key
+    id read from the store cannot rewrite what the report shows."""
+    return str(text).translate(_CONTROL)
+
+
+def _inspect_lines(report: dict[str, Any]) -> list[str]:
+    rows = [
+        [safe(row[c]) if row[c] is not None else "-" for c in _INSPECT_COLUMNS]
+        for row in report["sessions"]
+    ]
+    for row, session in zip(rows, report["sessions"], strict=True):
+        row.append(safe(",".join(f"{k}:{n}" for k, n in session["key_ids"].items())) or "-")
+    header = [*_INSPECT_COLUMNS, "key_ids"]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *rows]
+    ]
+    totals = report["totals"]
+    note = "" if report["keys_given"] else " (no keys given: expired/unreadable not checked)"
+    return [*lines, "", f"{totals['sessions']} sessions, {totals['items']} items{note}"]
+
+
+def _key_problem_line(problem: dict[str, Any]) -> str:
+    kid = repr(problem["kid"]) if problem["kid"] is not None else "<invalid>"
+    where = f"{plural(problem['items'], 'item')} in {sessions_text(problem['sessions'])}"
+    if problem["problem"] == "missing-key":
+        return (
+            f"key id {safe(kid)}: no key was given for it (UnknownKeyIdError); {safe(where)} "
+            "could not be checked: add the key and run again"
+        )
+    return (
+        f"key id {safe(kid)}: wrong key: the key given for it opens none of its "
+        f"{safe(where)}; give the right key and run again"
+    )
+
+
+def _verify_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for problem in report["problems"]:
+        if problem["problem"] in ("missing-key", "wrong-key"):
+            lines.append(_key_problem_line(problem))
+            continue
+        branch = f" branch {safe(problem['branch_id'])}" if problem["branch_id"] else ""
+        lines.append(
+            f"{safe(problem['session_id'])}{branch} storage id {problem['storage_id']}: "
+            f"{safe(problem['problem'])}"
+        )
+    if report["ok"]:
+        verdict = "OK"
+    elif not report["keys_ok"]:
+        verdict = (
+            f"FAILED: wrong or missing keys, {report['unopened']} items not opened; "
+            f"{len(report['problems'])} problems"
+        )
+    else:
+        verdict = f"FAILED: {len(report['problems'])} problems"
+    return [*lines, f"{verdict} ({report['checked']} items checked)"]
+
+
+def _lines(command: str, report: dict[str, Any]) -> list[str]:
+    if command == "inspect":
+        return _inspect_lines(report)
+    if command == "verify":
+        return _verify_lines(report)
+    if command in ("purge", "rotate", "encrypt"):
+        what = {"purge": "deleted", "rotate": "re-sealed", "encrypt": "sealed"}[command]
+        prefix = "would have " if report.get("dry_run") else ""
+        return [
+            f"{command}: {report['examined']} items in {report['sessions']} sessions examined, "
+            f"{prefix}{what} {report['changed']}, unchanged {report['unchanged']}, "
+            f"unreadable {report['unreadable']}"
+        ]
+    if command == "erase":
+        removed = report["rows_removed"]
+        return [f"erased session {safe(repr(report['session_id']))}: {removed} rows removed"]
+    return []
+
+
+def print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
+    """The report on stdout; a reader that stopped reading ends it quietly."""
+    out = Output(sys.stdout)
+    if as_json:
+        out.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    else:
+        for line in _lines(command, report):
+            if not out.write(line + "\n"):
+                break
+    out.flush()
+
+
+def export_notice(report: dict[str, Any], out_path: str | None) -> str:
+    """What an export wrote, for stderr: where, and that it is decrypted content."""
+    what = f"exported {plural(report['exported'], 'item')} of session {report['session_id']!r}"
+    if out_path is not None:
+        return (
+            f"{what} to {out_path!r}: it holds decrypted conversation content, readable by you "
+            "only (mode 0600); delete it when it is no longer needed"
+        )
+    mode = stdout_is_shared_file()
+    if mode is not None:
+        return (
+            f"{what} (decrypted content) into a file others can read (mode {mode}); "
+            "--out FILE creates one only you can read"
+        )
+    return f"{what} (decrypted content)"
