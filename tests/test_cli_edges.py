@@ -384,12 +384,35 @@ def test_a_postgresql_url_is_accepted_and_means_asyncpg() -> None:
 
 
 def test_a_postgresql_url_works_against_a_server() -> None:
-    from .pg import pg_url
+    from encmem.backends import SQLAlchemySession
+
+    from .pg import drop_tables, pg_url, unique_tables
 
     url = pg_url()  # skips without a server
     plain = "postgresql://" + url.split("://", 1)[1]
-    done = run("inspect", plain, "--messages-table", "encmem_none_here", keys=None)
-    assert done.returncode == 4 and "not a session store" in done.stderr, done.stderr
+    tables = unique_tables()
+    flags = ["--sessions-table", tables["sessions_table"]]
+    flags += ["--messages-table", tables["messages_table"]]
+
+    async def fill() -> None:
+        backend = SQLAlchemySession.from_url("pg", url=url, create_tables=True, **tables)
+        async with EncryptedSession(
+            underlying_session=backend, encryption_key=Keyring({"k1": KEY})
+        ) as session:
+            await session.add_items([{"role": "user", "content": f"pg {i}"} for i in range(3)])
+        await backend.close()
+
+    asyncio.run(fill())
+    try:
+        report = json.loads(run("inspect", plain, *flags, "--json").stdout)
+        assert report["totals"]["items"] == 3
+        assert run("verify", plain, *flags).returncode == 0
+        exported = run("export", plain, *flags, "--session", "pg")
+        assert len(exported.stdout.splitlines()) == 3, exported.stderr
+        dry = run("purge", plain, *flags, "--ttl", "1d", "--dry-run")
+        assert dry.returncode == 0 and "would have deleted 0" in dry.stdout
+    finally:
+        drop_tables(url, [tables["messages_table"], tables["sessions_table"]])
 
 
 def test_an_unknown_scheme_is_echoed_as_typed_and_passwords_are_not(tmp_path: Path) -> None:
