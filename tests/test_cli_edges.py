@@ -671,3 +671,10 @@ def test_a_file_written_while_it_was_read_without_locks_is_reported(tmp_path: Pa
             await store.aclose()
 
     asyncio.run(read_while_written())
+
+
+def test_a_batch_size_below_one_is_a_usage_error(tmp_path: Path) -> None:
+    path = sealed_store(tmp_path / "store.db")
+    done = run("rotate", str(path), "--batch-size", "0")
+    assert done.returncode == 2 and "at least 1" in done.stderr
+    assert "unexpected" not in done.stderr

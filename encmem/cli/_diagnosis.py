@@ -47,8 +47,12 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _verb(count: int) -> str:
+    return "is" if count == 1 else "are"
+
+
 def _are(count: int, noun: str) -> str:
-    return f"{plural(count, noun)} {'is' if count == 1 else 'are'}"
+    return f"{plural(count, noun)} {_verb(count)}"
 
 
 def sessions_text(sessions: list[str]) -> str:
@@ -166,14 +170,15 @@ class Diagnosis:
         phrases = []
         for kid, use in self.missing_keys().items():
             phrases.append(
-                f"{_are(use.missing, 'item')} in {sessions_text(use.sessions)} sealed under key "
-                f"id {_kid_text(kid)}, for which no key was given (add it to the keys)"
+                f"{plural(use.missing, 'item')} in {sessions_text(use.sessions)} "
+                f"{_verb(use.missing)} sealed under key id {_kid_text(kid)}, for which no key "
+                "was given (add it to the keys)"
             )
         for kid, use in self.wrong_keys().items():
             phrases.append(
-                f"{_are(len(use.unauthentic), 'item')} in {sessions_text(use.sessions)} sealed "
-                f"under key id {_kid_text(kid)}, and the key given for that id opens none of "
-                "them: it is the wrong key for that id"
+                f"{plural(len(use.unauthentic), 'item')} in {sessions_text(use.sessions)} "
+                f"{_verb(len(use.unauthentic))} sealed under key id {_kid_text(kid)}, and the "
+                "key given for that id opens none of them: it is the wrong key for that id"
             )
         count = self.counts
         if count["altered"]:

@@ -129,8 +129,8 @@ async def export_session(
     unopened = diagnosis.unopened()
     if unopened and not lines:
         raise CommandError(
-            f"nothing was exported: of session {session_id!r}'s "
-            f"{plural(diagnosis.items, 'item')}, " + "; ".join(diagnosis.causes()),
+            f"nothing was exported from session {session_id!r}: "
+            + "; ".join(diagnosis.causes()),
             diagnosis.exit_code(),
         )
     out = destination()

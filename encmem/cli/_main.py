@@ -1,9 +1,8 @@
 """The ``encmem`` command: look at, audit and maintain encrypted session stores.
 
-Exit codes: 0 success; 1 findings (verify found problems, erase not confirmed); 2 usage
-error; 3 key problem (missing, malformed or wrong key: nothing was changed); 4 store problem
-(not a session store, locked, unreachable, unknown session); 5 unexpected error (run again
-with --debug for the traceback).
+Exit codes follow the type of the error (``_EXIT_BY_TYPE``), never its wording: 0 success;
+1 findings; 2 usage; 3 keys; 4 the store; 5 unexpected (the epilog below says more). inspect,
+verify, export and dry runs open the store read-only. Reference: docs/cli.md.
 """
 
 from __future__ import annotations
@@ -38,13 +37,18 @@ _EPILOG = """\
 keys: from --key-file FILE, else ENCMEM_KEYS ('kid:key,kid:key', primary first), else
 ENCMEM_KEY (one key). Keys never appear in output, logs or errors.
 
+inspect, verify, export and every --dry-run only read: they open the store read-only.
+
 exit codes:
-  0  success
-  1  findings: verify found problems, or erase was not confirmed
-  2  usage error
-  3  key problem: missing, malformed or wrong key (nothing was changed)
-  4  store problem: not a session store, locked, unreachable, or no such session
-  5  unexpected error (run with --debug to see the traceback)
+  0    success
+  1    findings: verify found problems, or erase was not confirmed
+  2    usage error, or an export file that exists or cannot be created
+  3    key problem: no key, a malformed key, a key id the keys lack, a key that opens none
+       of its key id's items, or items that fail authentication (nothing was changed)
+  4    store problem: no such file, not a session store, read-only (for a command that
+       writes), locked, unreachable, no such session, plaintext or unreadable rows
+  5    unexpected error (run with --debug to see the traceback)
+  130  interrupted (every finished batch is committed)
 """
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -60,6 +64,12 @@ def parse_ttl(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _store_command(
     sub: Any, name: str, help_text: str, keys: bool = True
 ) -> argparse.ArgumentParser:
@@ -71,10 +81,24 @@ def _store_command(
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cmd.add_argument("db", metavar="DB", help="a SQLite file path or a SQLAlchemy URL")
+    cmd.add_argument(
+        "db",
+        metavar="DB",
+        help="a SQLite file, or a database URL (postgresql://..., sqlite+aiosqlite:///...)",
+    )
     cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    cmd.add_argument("--sessions-table", default="agent_sessions")
-    cmd.add_argument("--messages-table", default="agent_messages")
+    cmd.add_argument(
+        "--sessions-table",
+        default="agent_sessions",
+        metavar="NAME",
+        help="the sessions table (default: %(default)s)",
+    )
+    cmd.add_argument(
+        "--messages-table",
+        default="agent_messages",
+        metavar="NAME",
+        help="the messages table (default: %(default)s)",
+    )
     cmd.add_argument(
         "--busy-timeout",
         type=float,
@@ -83,7 +107,9 @@ def _store_command(
         help="how long to wait for a locked SQLite file (default: 5)",
     )
     if keys:
-        cmd.add_argument("--key-file", help="file with 'kid:key' pairs or one key")
+        cmd.add_argument(
+            "--key-file", metavar="FILE", help="file with 'kid:key' pairs, one key, or 32 raw bytes"
+        )
     return cmd
 
 
@@ -102,7 +128,13 @@ def _add_maintenance_commands(sub: Any) -> None:
             action="store_true",
             help="proceed even if some items cannot be opened (they stay as they are)",
         )
-        cmd.add_argument("--batch-size", type=int, default=500)
+        cmd.add_argument(
+            "--batch-size",
+            type=_positive_int,
+            default=500,
+            metavar="N",
+            help="items per committed batch (default: %(default)s)",
+        )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -126,7 +158,7 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--ttl", type=parse_ttl, help="also flag items older than this")
     _add_maintenance_commands(sub)
     export = _store_command(sub, "export", "decrypted JSON Lines of one session (access requests)")
-    export.add_argument("--session", required=True, metavar="ID")
+    export.add_argument("--session", required=True, metavar="ID", help="the session to export")
     export.add_argument(
         "--out",
         metavar="FILE",
@@ -138,7 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
     erase = _store_command(
         sub, "erase", "delete every row of one session from every table", keys=False
     )
-    erase.add_argument("--session", required=True, metavar="ID")
+    erase.add_argument("--session", required=True, metavar="ID", help="the session to erase")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
 
