@@ -23,7 +23,7 @@ from ._identifiers import check_table_name, quote_identifier
 from ._sqlite import SQLiteSession
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-_DIALECTS = ("sqlite", "postgresql", "mysql", "mariadb", "oracle", "mssql")
+_DIALECTS = ("mysql", "mariadb", "oracle", "mssql")
 _DEFAULT_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
@@ -299,8 +299,14 @@ def _database_url(target: str) -> str | None:
     scheme = match.group(1).lower()
     if scheme in _DEFAULT_DRIVERS:
         return _DEFAULT_DRIVERS[scheme] + target[match.end(1) :]
-    if "+" in scheme or scheme in _DIALECTS:
+    if "+" in scheme:
         return target
+    if scheme in _DIALECTS:  # SQLAlchemy's default drivers for these are not async
+        raise StoreError(
+            f"the URL {shown_target(target)} names no driver, and SQLAlchemy's default one for "
+            f"{match.group(1)!r} is not async; name an async driver: DIALECT+DRIVER://, such "
+            "as mysql+aiomysql://"
+        )
     raise NotASessionStoreError(
         f"{shown_target(target)} is not a file, and {match.group(1)!r} is not a database URL "
         "scheme; give a SQLite file path or a SQLAlchemy URL such as "

@@ -427,6 +427,11 @@ def test_an_unknown_scheme_is_echoed_as_typed_and_passwords_are_not(tmp_path: Pa
 def test_a_url_whose_driver_is_missing_says_which_module(tmp_path: Path) -> None:
     done = run("inspect", "mysql+aiomysql://u@localhost/x", keys=None)
     assert done.returncode == 4 and "'aiomysql'" in done.stderr, done.stderr
+    bare = run("inspect", "mysql://u@localhost/x", keys=None)
+    assert bare.returncode == 4 and "mysql+aiomysql://" in bare.stderr, bare.stderr
+    path = sealed_store(tmp_path / "store.db")
+    sync = run("rotate", f"sqlite+pysqlite:///{path}")
+    assert sync.returncode == 4 and "not async" in sync.stderr, sync.stderr
 
 
 # -- 8. key problems are reported as key problems, and only those ------------------------------

@@ -64,9 +64,13 @@ class Output:
 
 def silence_stdout() -> None:
     """Point stdout at /dev/null, so that nothing written later meets the closed pipe."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file: nothing will flush into a pipe
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, fileno)
     finally:
         os.close(devnull)
 
@@ -91,7 +95,8 @@ def open_private(path: str, force: bool) -> Output:
         raise CommandError(
             f"cannot create the output file {path!r}: {exc.strerror}", EXIT_USAGE
         ) from None
-    os.fchmod(fd, 0o600)  # whatever the umask: owner read and write, nobody else
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)  # whatever the umask: owner read and write, nobody else
     return Output(os.fdopen(fd, "w", encoding="utf-8"), path)
 
 
