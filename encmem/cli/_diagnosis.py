@@ -185,8 +185,8 @@ class Diagnosis:
             one = count["altered"] == 1
             phrases.append(
                 f"{plural(count['altered'], 'item')} {'fails' if one else 'fail'} "
-                "authentication although the key opens other items (altered, or moved from "
-                "another session; `encmem verify` lists them)"
+                "authentication (altered, damaged, or moved from another session; "
+                "`encmem verify` lists them)"
             )
         if count["plaintext"]:
             phrases.append(
