@@ -111,6 +111,13 @@ class SQLiteSession:
             shared.schemas.add(schema)
         return shared
 
+    def _read_through(self, shared: connections.SharedConnection) -> None:
+        """Use ``shared`` (a store's read-only connection whose tables were checked) for
+        every read, so the session never opens a writable connection or creates tables."""
+        self._check_open()
+        self._shared = connections.share(shared)
+        shared.schemas.add((type(self).__name__, self.sessions_table, self.messages_table))
+
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``job`` on the connection thread as one unit."""
         return await (await self._connection()).run(job)

@@ -111,14 +111,6 @@ def _branches_in_memory(conn: sqlite3.Connection, sessions: str) -> None:
         conn.execute("PRAGMA query_only=ON")
 
 
-def _read_through(session: SQLiteSession, shared: connections.SharedConnection) -> None:
-    """Make ``session`` read through the store's read-only connection. The store checked its
-    tables, so the session's schema counts as ready (SQLiteSession's key for it): a session
-    never creates tables through a read-only store."""
-    shared.schemas.add((type(session).__name__, session.sessions_table, session.messages_table))
-    session._shared = connections.share(shared)
-
-
 def _session_tables(conn: sqlite3.Connection) -> list[str]:
     """Tables with a session_id column, the ones an erase must reach."""
     names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -230,7 +222,7 @@ class SQLiteSessionStore:
                 messages_table=self.messages_table,
             )
         if self.read_only:
-            _read_through(session, self._shared)
+            session._read_through(self._shared)  # the store and its sessions are one package
         self._sessions.append(session)
         return session
 

@@ -228,7 +228,7 @@ def test_plaintext_that_cannot_be_sealed_does_not_block_encrypt(tmp_path: Path) 
         path, """INSERT INTO agent_messages (session_id, message_data) VALUES ('s', '{"x": NaN}')"""
     )
     refused = _cli("encrypt", str(path), "--json")
-    assert refused.returncode == 3 and "nothing was changed" in refused.stderr
+    assert refused.returncode == 4 and "nothing was changed" in refused.stderr
     done = _cli("encrypt", str(path), "--json", "--skip-unreadable")
     assert done.returncode == 0, done.stderr
     assert {k: json.loads(done.stdout)[k] for k in ("changed", "unreadable")} == {

@@ -13,6 +13,7 @@ from .._envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timest
 from .._items import CorruptRow
 from .._keys import Keyring
 from .._protocol import SessionStore
+from .._reading import is_expired
 from ..errors import DecryptionError, TamperedItemError
 from ._diagnosis import EXIT_KEYS, Diagnosis
 from ._walk import all_items, branches, distinct_items, iso, kid_label
@@ -54,7 +55,7 @@ def _count_item(
     except DecryptionError:
         tally["unreadable"] += 1
         return None
-    if ttl is not None and opened.sealed_at + ttl < now:
+    if is_expired(opened.sealed_at, ttl, now):
         tally["expired"] += 1
     return opened.sealed_at
 
@@ -123,7 +124,7 @@ async def verify_store(
         place = {"session_id": session_id, "branch_id": stored[0], "storage_id": stored[1]}
         if opened.version != FORMAT_VERSION:
             problems.append({**place, "problem": "sdk-v1-format (run encmem encrypt)"})
-        elif ttl is not None and opened.sealed_at + ttl < now:
+        elif is_expired(opened.sealed_at, ttl, now):
             problems.append({**place, "problem": "expired-not-purged"})
     key_problem = diagnosis.settle()
     unreached = await store.count_items() - checked
