@@ -35,21 +35,17 @@ class Output:
 
     def write(self, text: str) -> bool:
         """Write ``text``; False once the reader has gone (nothing more will be written)."""
-        if self.closed:
-            return False
-        try:
-            self.stream.write(text)
-        except BrokenPipeError:
-            self._reader_gone()
-        except OSError as exc:
-            raise CommandError(
-                f"cannot write the output file {self.path!r}: {exc.strerror}", EXIT_USAGE
-            ) from None
+        if not self.closed:
+            self._guarded(self.stream.write, text)
         return not self.closed
 
     def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, action: Callable[..., object], *args: str) -> None:
+        """Run one stream call: a closed pipe ends the output quietly, other errors name it."""
         try:
-            self.stream.flush()
+            action(*args)
         except BrokenPipeError:
             self._reader_gone()
         except OSError as exc:
