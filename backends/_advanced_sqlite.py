@@ -145,13 +145,9 @@ class AdvancedSQLiteSession(SQLiteSession):
     async def clear_session(self) -> None:
         """Delete every item, branch and usage row of the session; back on ``main``."""
         scope = self._scope
-        shared = await self._connection()
         await self._write(lambda conn: queries.clear(conn, scope))
         self._branch = MAIN
-        if shared.is_file:
-            await shared.run(
-                lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            )
+        await self._wipe_residue()
 
     # -- item addressing (current branch unless told) -------------------------------------
 

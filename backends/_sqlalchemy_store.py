@@ -8,9 +8,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from encmem.errors import NotASessionStoreError, StoreError
+from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
 from ._identifiers import check_table_name
+from ._residue import checkpoint_truncate
 from ._sqlalchemy import SQLAlchemySession
 from ._sqlalchemy_engine import open_engine
 from ._sqlalchemy_schema import missing_tables, tables_with_session_id
@@ -103,6 +104,11 @@ class SQLAlchemySessionStore:
         return session
 
     async def erase_session(self, session_id: str) -> int:
+        """Delete every row of the session; return the rows removed.
+
+        On SQLite the WAL is emptied afterwards (:class:`ResiduePendingError` when other
+        readers prevent it). PostgreSQL keeps dead tuples until ``VACUUM`` runs.
+        """
         if self.read_only:
             raise StoreError("the store was opened read-only; nothing was erased")
         tables = await tables_with_session_id(self.engine)
@@ -115,6 +121,13 @@ class SQLAlchemySessionStore:
                     text(f"DELETE FROM {table} WHERE session_id = :sid"), {"sid": session_id}
                 )
                 removed += max(result.rowcount or 0, 0)
+        if self.engine.dialect.name == "sqlite":
+            async with self.engine.connect() as conn:
+                emptied = await conn.run_sync(
+                    lambda sync: checkpoint_truncate(lambda sql: sync.exec_driver_sql(sql).first())
+                )
+            if not emptied:
+                raise ResiduePendingError(session_id, removed)
         return removed
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ refuses negative limits, wipes deleted content (``secure_delete``) and can be cl
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from pathlib import Path
@@ -20,9 +21,11 @@ from encmem.errors import SessionClosedError
 
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
+from ._residue import wipe_residue
 from ._rows import decode_rows, plain_item, plain_items
 
 T = TypeVar("T")
+_logger = logging.getLogger("encmem.backends.sqlite")
 NO_BOUND = 2**63 - 1
 """Larger than any SQLite rowid: "no upper bound" for paged reads by id."""
 
@@ -216,11 +219,23 @@ class SQLiteSession:
                 f"DELETE FROM {self.sessions_table} WHERE session_id = ?", (self.session_id,)
             )
 
-        shared = await self._connection()
         await self._write(clear)
-        if shared.is_file:
-            await shared.run(
-                lambda conn: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        await self._wipe_residue()
+
+    async def _wipe_residue(self) -> None:
+        """Empty the WAL after a delete, so no old copy of the deleted pages stays in it.
+
+        If another connection's read transaction prevents that, the copies stay until the
+        next checkpoint and a warning says so (a store's ``erase_session`` raises instead).
+        """
+        shared = await self._connection()
+        if shared.is_file and not await shared.run(wipe_residue):
+            _logger.warning(
+                "%s: the deleted rows are gone, but another connection holds a read "
+                "transaction, so the WAL keeps copies of their old pages until the next "
+                "checkpoint; use a store's erase_session() (encmem erase) to be told when "
+                "nothing is left",
+                type(self).__name__,
             )
 
     # -- item addressing ------------------------------------------------------------------

@@ -15,11 +15,12 @@ import sqlite3
 from pathlib import Path
 
 from encmem._protocol import SessionStore
-from encmem.errors import NotASessionStoreError, StoreError
+from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
 from . import _advanced_schema as schema
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name, quote_identifier
+from ._residue import wipe_residue
 from ._sqlite import SQLiteSession
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -227,6 +228,11 @@ class SQLiteSessionStore:
         return session
 
     async def erase_session(self, session_id: str) -> int:
+        """Delete every row of the session, then empty the WAL; return the rows removed.
+
+        Raises :class:`ResiduePendingError` (after the delete) when another connection's read
+        transaction kept the WAL from being emptied; erasing again later finishes the job.
+        """
         if self.read_only:
             raise StoreError(f"{self._shown} was opened read-only; nothing was erased")
 
@@ -242,14 +248,15 @@ class SQLiteSessionStore:
                 removed += max(cursor.rowcount, 0)
             return removed
 
-        def erase(conn: sqlite3.Connection) -> int:
+        def erase(conn: sqlite3.Connection) -> tuple[int, bool]:
             removed = connections.immediate(conn, delete_rows)
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            return removed
+            return removed, wipe_residue(conn)
 
         await self._shared.start()
-        result: int = await self._shared.run(erase)
-        return result
+        removed, emptied = await self._shared.run(erase)
+        if not emptied:
+            raise ResiduePendingError(session_id, removed)
+        return removed
 
     async def aclose(self) -> None:
         """Close every session opened through the store, then the store's connection.

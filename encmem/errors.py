@@ -16,7 +16,8 @@
     ├── BranchError (ValueError)              a branch operation was refused
     ├── StoreError                            a database cannot be used as a session store
     │   ├── MissingTablesError (RuntimeError) tables missing, create_tables=False
-    │   └── NotASessionStoreError (ValueError)   no session tables there
+    │   ├── NotASessionStoreError (ValueError)   no session tables there
+    │   └── ResiduePendingError               erased, but old pages remain in the WAL
     └── CommandError                          a failure of the ``encmem`` command
 
 Every message says what went wrong and what to do next, and never contains key material or
@@ -190,7 +191,7 @@ class BranchError(EncmemError, ValueError):
 
 
 class StoreError(EncmemError):
-    """A database cannot be used as a session store."""
+    """A database cannot be used as a session store, or a store operation fell short."""
 
 
 class MissingTablesError(StoreError, RuntimeError):
@@ -203,6 +204,26 @@ class MissingTablesError(StoreError, RuntimeError):
 
 class NotASessionStoreError(StoreError, ValueError):
     """A path or URL does not point at a database holding session tables."""
+
+
+class ResiduePendingError(StoreError):
+    """An erase deleted the session's rows, but copies of their old pages remain.
+
+    Another connection held a read transaction, so the WAL file could not be emptied: until
+    it is, it holds the pages as they were before the delete. Erasing again once the other
+    readers have finished removes them (it deletes nothing more). ``rows_removed`` counts
+    what the erase deleted.
+    """
+
+    def __init__(self, session_id: str, rows_removed: int) -> None:
+        super().__init__(
+            f"{rows_removed} rows of the session were deleted, but another connection holds a "
+            "read transaction on the store, so its WAL file still holds copies of their pages "
+            "from before the delete; once the other readers have finished, call erase_session "
+            "again or run `encmem erase --finish` (it deletes nothing more and empties the WAL)"
+        )
+        self.session_id = session_id
+        self.rows_removed = rows_removed
 
 
 class CommandError(EncmemError):

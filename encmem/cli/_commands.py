@@ -23,6 +23,7 @@ from ._progress import ProgressBar
 from ._walk import distinct_items, iso
 
 EXIT_UNEXPECTED = 5
+EXIT_PENDING = 6
 _TEXT_CONTROLS = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - set("\t\n\r")
 
 
@@ -156,7 +157,13 @@ def confirm(session_id: str, items: int, stdin: TextIO = sys.stdin) -> bool:
     return stdin.readline().strip() == session_id
 
 
-async def erase(store: SessionStore, session_id: str, yes: bool) -> tuple[int, dict[str, Any]]:
+async def erase(
+    store: SessionStore, session_id: str, yes: bool, *, finish: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """Delete every row of the session; with ``finish``, complete an erase that exited 6."""
+    if finish:
+        removed = await store.erase_session(session_id)
+        return EXIT_OK, {"session_id": session_id, "rows_removed": removed, "finished": True}
     if session_id not in await store.session_ids():
         raise CommandError(f"no session {session_id!r} in this store", EXIT_STORE)
     items = len(await store.session(session_id).get_stored_items(None))
@@ -173,6 +180,7 @@ __all__ = [
     "EXIT_FINDINGS",
     "EXIT_KEYS",
     "EXIT_OK",
+    "EXIT_PENDING",
     "EXIT_STORE",
     "EXIT_UNEXPECTED",
     "EXIT_USAGE",

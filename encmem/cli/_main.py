@@ -23,6 +23,7 @@ from ..errors import (
     DecryptionError,
     EncmemError,
     InvalidKeyError,
+    ResiduePendingError,
     SessionClosedError,
     StoreError,
     TamperedItemError,
@@ -48,6 +49,8 @@ exit codes:
   4    store problem: no such file, not a session store, read-only (for a command that
        writes), locked, unreachable, no such session, plaintext or unreadable rows
   5    unexpected error (run with --debug to see the traceback)
+  6    erase deleted the rows, but another reader kept the WAL from being emptied: old
+       copies of the pages remain until `erase --finish` runs after the readers are done
   130  interrupted (every finished batch is committed)
 """
 
@@ -172,6 +175,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     erase.add_argument("--session", required=True, metavar="ID", help="the session to erase")
     erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    erase.add_argument(
+        "--finish",
+        action="store_true",
+        help="complete an erase that exited 6: empty the WAL (deletes nothing more)",
+    )
     return parser
 
 
@@ -190,7 +198,7 @@ async def _dispatch(
     if args.command == "inspect":
         return await commands.inspect_store(store, keyring, args.ttl)
     if args.command == "erase":
-        return await commands.erase(store, args.session, args.yes)
+        return await commands.erase(store, args.session, args.yes, finish=args.finish)
     assert keyring is not None
     if args.command == "verify":
         return await commands.verify_store(store, keyring, args.ttl)
@@ -292,6 +300,7 @@ _EXIT_BY_TYPE: tuple[tuple[type[EncmemError], int], ...] = (
     (InvalidKeyError, commands.EXIT_KEYS),
     (UnknownKeyIdError, commands.EXIT_KEYS),
     (TamperedItemError, commands.EXIT_KEYS),
+    (ResiduePendingError, commands.EXIT_PENDING),
     (StoreError, commands.EXIT_STORE),
     (DecryptionError, commands.EXIT_STORE),  # plaintext or corrupt rows: the store's content
     (SessionClosedError, commands.EXIT_STORE),

@@ -100,8 +100,10 @@ def _lines(command: str, report: dict[str, Any]) -> list[str]:
             f"unreadable {report['unreadable']}"
         ]
     if command == "erase":
-        removed = report["rows_removed"]
-        return [f"erased session {safe(repr(report['session_id']))}: {removed} rows removed"]
+        removed, shown = report["rows_removed"], safe(repr(report["session_id"]))
+        if report.get("finished"):
+            return [f"erase of session {shown} finished: {removed} more rows removed, WAL emptied"]
+        return [f"erased session {shown}: {removed} rows removed, WAL emptied"]
     return []
 
 
