@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from encmem._items import is_valid_session_id
 from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
 from ._identifiers import check_table_name
@@ -85,7 +86,8 @@ class SQLAlchemySessionStore:
             f"SELECT session_id FROM {s} UNION SELECT DISTINCT session_id FROM {m} ORDER BY 1"
         )
         async with self.engine.connect() as conn:
-            return [row[0] for row in await conn.execute(query)]
+            ids = [row[0] for row in await conn.execute(query)]
+        return [session_id for session_id in ids if is_valid_session_id(session_id)]
 
     async def count_items(self) -> int:
         async with self.engine.connect() as conn:

@@ -165,6 +165,15 @@ def check_limit(limit: object) -> int | None:
 MAX_SESSION_ID_BYTES = 1024
 
 
+def is_valid_session_id(value: object) -> bool:
+    """Whether :func:`check_session_id` accepts ``value`` (for ids read back from a store)."""
+    try:
+        check_session_id(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def check_session_id(session_id: object) -> str:
     """Validate a session id: a non-empty str of valid Unicode without NUL, at most 1 KiB.
 

@@ -59,8 +59,9 @@ async def _over_store(
     if totals.reached < expected:
         raise StoreError(
             f"{expected - totals.reached} of the store's {expected} rows belong to no session or "
-            "branch the store can read (rows written without branch structure into a store "
-            "that has branch tables?); nothing past the batches already committed was "
+            "branch the store can read (a session id that is NULL, blank or holds a NUL, or "
+            "rows written without branch structure into a store that has branch tables?); "
+            "nothing past the batches already committed was "
             "skipped silently: open those sessions with the backend that wrote them"
         )
     return {"sessions": sessions, "dry_run": dry_run, **totals.as_dict()}
