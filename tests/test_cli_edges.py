@@ -383,6 +383,7 @@ def test_a_postgresql_url_is_accepted_and_means_asyncpg() -> None:
         assert "ModuleNotFoundError" not in done.stderr and "unexpected" not in done.stderr
 
 
+@pytest.mark.pg
 def test_a_postgresql_url_works_against_a_server() -> None:
     from encmem.backends import SQLAlchemySession
 
