@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,13 +29,22 @@ def test_demo_runs_offline_and_shows_ciphertext_history_and_expiry(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert str(tmp_path / "encmem-demo.db") in out
-    assert '"__enc__": 1' in out and '"payload": "gAAAAA' in out
+    assert '{"__enc__":1,"v":2,' in out and '"payload":"gAAAAA' in out
     assert "get_weather" in out and "It's sunny in Paris today" in out
     assert "4 items dropped, 2 left" in out
     assert "purge_expired() deleted the 4 expired rows from the file; 2 rows left" in out
     assert (tmp_path / "encmem-demo.db").exists()
     raw = (tmp_path / "encmem-demo.db").read_bytes()
     assert b"Paris" not in raw
+    # the hint names a command that runs as typed: the generated key was never shown
+    assert "<key>" not in out and "encmem inspect encmem-demo.db (no key needed)" in out
+    assert run("inspect", "encmem-demo.db", cwd=tmp_path).returncode == 0
+    shown = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("   row ")]
+    assert len(shown) == 3
+    for stored in shown:  # the row exactly as the file held it: compact, the whole token
+        envelope = json.loads(stored)
+        assert json.dumps(envelope, separators=(",", ":"), ensure_ascii=False) == stored
+        assert len(envelope["payload"]) > 100 and "..." not in stored
 
 
 def test_the_demo_leaves_a_store_with_true_seal_times(tmp_path: Path) -> None:

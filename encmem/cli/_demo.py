@@ -6,17 +6,30 @@ Runs offline: the Agents SDK's Runner drives a scripted model (no API key, no ne
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import shlex
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from .._keys import generate_key
+from .._keys import Keyring, generate_key
 from .._session import EncryptedSession
+from ..errors import CommandError
+from ._export import EXIT_USAGE
+from ._report import safe
 
 DEMO_DB = "encmem-demo.db"
 TTL_SECONDS = 600
+
+
+def _say(text: str = "") -> None:
+    """One line on stdout, at once; a closed pipe ends the demo (the command exits 0)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise CommandError(f"cannot write to standard output: {exc.strerror}", EXIT_USAGE) from None
 
 
 def _summary(item: dict[str, Any]) -> str:
@@ -82,30 +95,28 @@ def _show_stored(db_path: Path) -> None:
         raw_rows = conn.execute(
             "SELECT id, message_data FROM agent_messages ORDER BY id"
         ).fetchall()
-    print(f"1. As stored on disk ({len(raw_rows)} rows; ciphertext + clear structural fields):")
+    _say(f"1. As stored on disk ({len(raw_rows)} rows; ciphertext + clear structural fields):")
     for row_id, data in raw_rows[:3]:
-        stored = json.loads(data)
-        stored["payload"] = stored["payload"][:40] + "..."
-        print(f"   row {row_id}: {json.dumps(stored)}")
-    print("   ...\n")
+        _say(f"   row {row_id}: {data}")  # the row exactly as it is in the file
+    _say("   ...\n")
 
 
 async def _converse(db_path: Path, key: str) -> list[Any]:
     """Two turns through the real Runner, a little apart; returns the decrypted history."""
     runner, agent = _scripted_agent()
     async with _open(db_path, key, TTL_SECONDS) as session:
-        print(f"key id {session.keyring.primary_kid} (the key itself is never printed)\n")
+        _say(f"key id {session.keyring.primary_kid} (the key itself is never printed)\n")
         prompts = ["What's the weather in Paris?", "Should I bring a jacket?"]
         result = await runner.run(agent, prompts[0], session=session)
-        print(f"user: {prompts[0]}\nagent: {result.final_output}")
+        _say(f"user: {prompts[0]}\nagent: {result.final_output}")
         await asyncio.sleep(TURN_GAP_SECONDS)  # so that a short TTL tells the turns apart
         result = await runner.run(agent, prompts[1], session=session)
-        print(f"user: {prompts[1]}\nagent: {result.final_output}\n")
+        _say(f"user: {prompts[1]}\nagent: {result.final_output}\n")
         _show_stored(db_path)
         history = await session.get_items()
-    print(f"2. Decrypted history ({len(history)} items):")
+    _say(f"2. Decrypted history ({len(history)} items):")
     for item in history:
-        print(f"   {_summary(item)}")
+        _say(f"   {_summary(item)}")
     return history
 
 
@@ -113,34 +124,61 @@ async def _expire(db_path: Path, key: str, history: list[Any]) -> None:
     """A reader with a short TTL: the first turn has expired for it, and it purges it."""
     async with _open(db_path, key, READER_TTL_SECONDS) as reader:
         live = await reader.get_items()
-        print(
+        _say(
             f"\n3. A reader with a TTL of {READER_TTL_SECONDS} s, over {TURN_GAP_SECONDS:.0f} s "
             f"after the first turn: {len(history) - len(live)} items dropped, {len(live)} left:"
         )
         for item in live:
-            print(f"   {_summary(item)}")
+            _say(f"   {_summary(item)}")
         deleted = await reader.purge_expired()
     with sqlite3.connect(db_path) as conn:
         (left,) = conn.execute("SELECT COUNT(*) FROM agent_messages").fetchone()
-    print(
+    _say(
         f"\n4. purge_expired() deleted the {deleted} expired rows from the file; {left} rows left."
     )
 
 
+def _check_path(db_path: Path) -> None:
+    """The demo file must be a file it can create: refused before anything is removed."""
+    shown = safe(repr(str(db_path)))
+    if db_path.is_dir():
+        raise CommandError(f"the demo database {shown} is a directory; name a file", EXIT_USAGE)
+    if not db_path.resolve().parent.is_dir():
+        raise CommandError(
+            f"cannot create the demo database {shown}: its directory does not exist", EXIT_USAGE
+        )
+
+
+def _closing_hint(db_path: Path, key_from_env: bool) -> str:
+    """What to run next: commands that work as typed."""
+    name = shlex.quote(str(db_path))
+    if key_from_env:
+        checked = f"encmem verify {name} (with ENCMEM_KEY still set) authenticates every item"
+    else:
+        checked = (
+            "this run's key was not kept, so nothing can open the items again; set ENCMEM_KEY "
+            "(encmem keygen) before encmem demo to keep one"
+        )
+    return (
+        f"\ndone — every seal time in the file is the real time it was written. Look with "
+        f"encmem inspect {name} (no key needed), or "
+        f"sqlite3 {name} 'SELECT message_data FROM agent_messages'; {checked}"
+    )
+
+
 async def run_demo(db_path: Path) -> None:
+    # ENCMEM_KEY lets you open the demo file with the encmem command afterwards.
+    from_env = bool(os.environ.get("ENCMEM_KEY"))
+    key = os.environ.get("ENCMEM_KEY") or generate_key()
+    Keyring(key)  # a malformed ENCMEM_KEY is refused before the old demo file is removed
+    _check_path(db_path)
     for suffix in ("", "-wal", "-shm"):
         Path(str(db_path) + suffix).unlink(missing_ok=True)
-    # ENCMEM_KEY lets you open the demo file with the encmem command afterwards.
-    key = os.environ.get("ENCMEM_KEY") or generate_key()
-    origin = "taken from ENCMEM_KEY" if os.environ.get("ENCMEM_KEY") else "generated for this run"
-    print(f"encmem demo — database: {db_path.resolve()}\nkey {origin}")
+    origin = "taken from ENCMEM_KEY" if from_env else "generated for this run"
+    _say(f"encmem demo — database: {safe(db_path.resolve())}\nkey {origin}")
     history = await _converse(db_path, key)
     await _expire(db_path, key, history)
-    print(
-        f"\ndone — every seal time in the file is the real time it was written; look with "
-        f"ENCMEM_KEY=<key> encmem inspect {db_path}, or "
-        f"sqlite3 {db_path} 'SELECT message_data FROM agent_messages'"
-    )
+    _say(_closing_hint(db_path, from_env))
 
 
 def main(db_path: str = DEMO_DB) -> None:

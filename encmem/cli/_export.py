@@ -49,9 +49,12 @@ class Output:
         except BrokenPipeError:
             self._reader_gone()
         except OSError as exc:
-            raise CommandError(
-                f"cannot write the output file {self.path!r}: {exc.strerror}", EXIT_USAGE
-            ) from None
+            if self.path is None:
+                self._reader_gone()  # what is still buffered must not fail again at exit
+                where = "to standard output"
+            else:
+                where = f"the output file {self.path!r}"
+            raise CommandError(f"cannot write {where}: {exc.strerror}", EXIT_USAGE) from None
 
     def _reader_gone(self) -> None:
         self.closed = True
@@ -71,10 +74,37 @@ def silence_stdout() -> None:
         os.close(devnull)
 
 
+def _non_file_kind(path: str) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a symbolic link
+    (never followed), else None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "neither a file nor a link"
+
+
 def open_private(path: str, force: bool) -> Output:
     """A new file at ``path`` that only its owner can read, created at once with mode 0600."""
-    if os.path.isdir(path):
+    kind = _non_file_kind(path)
+    if kind == "a directory":
         raise CommandError(f"the output path {path!r} is a directory; name a file", EXIT_USAGE)
+    if kind is not None and force:
+        raise CommandError(
+            f"the output path {path!r} is {kind}, not a regular file; --force replaces only "
+            "a regular file or a symbolic link, so it was left as it is and nothing was written",
+            EXIT_USAGE,
+        )
     try:
         if force and os.path.lexists(path):
             os.unlink(path)  # a new file, never the old one's permissions or links

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .._keys import Keyring, check_kid, generate_key
+from .._keys import Keyring, generate_key
 from .._protocol import SessionStore
 from ..errors import (
     CommandError,
@@ -31,7 +30,8 @@ from ..errors import (
     UnsupportedOperation,
 )
 from . import _commands as commands
-from ._export import Output, open_private
+from ._args import busy_timeout, key_id, out_path, parse_ttl, positive_int, table_name
+from ._export import Output, open_private, silence_stdout
 from ._report import export_notice, print_report, safe
 
 _EPILOG = """\
@@ -54,25 +54,6 @@ exit codes:
   130  interrupted (every finished batch is committed)
 """
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_ttl(text: str) -> float:
-    """'30d', '12h', '90m', '45s', '2w' or plain seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not match or float(match.group(1)) <= 0:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; write e.g. 30d, 12h, 90m, 45s or seconds"
-        )
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-
-
-def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
-
-
 def _store_command(
     sub: Any, name: str, help_text: str, keys: bool = True
 ) -> argparse.ArgumentParser:
@@ -92,19 +73,21 @@ def _store_command(
     cmd.add_argument("--json", action="store_true", help="machine-readable output")
     cmd.add_argument(
         "--sessions-table",
+        type=table_name("--sessions-table"),
         default="agent_sessions",
         metavar="NAME",
         help="the sessions table (default: %(default)s)",
     )
     cmd.add_argument(
         "--messages-table",
+        type=table_name("--messages-table"),
         default="agent_messages",
         metavar="NAME",
         help="the messages table (default: %(default)s)",
     )
     cmd.add_argument(
         "--busy-timeout",
-        type=float,
+        type=busy_timeout,
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for a locked SQLite file (default: 5)",
@@ -133,7 +116,7 @@ def _add_maintenance_commands(sub: Any) -> None:
         )
         cmd.add_argument(
             "--batch-size",
-            type=_positive_int,
+            type=positive_int,
             default=500,
             metavar="N",
             help="items per committed batch (default: %(default)s)",
@@ -152,7 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the offline demo on a SQLite file")
     demo.add_argument("--db", default="encmem-demo.db", help="database file (default: %(default)s)")
     keygen = sub.add_parser("keygen", help="print a new random master key (nothing else)")
-    keygen.add_argument("--kid", help="print it as KID:KEY, ready for ENCMEM_KEYS")
+    keygen.add_argument("--kid", type=key_id, help="print it as KID:KEY, ready for ENCMEM_KEYS")
     inspect = _store_command(sub, "inspect", "sessions, item counts, branches, key ids, expiry")
     inspect.add_argument("--ttl", type=parse_ttl, help="count items older than this as expired")
     verify = _store_command(
@@ -164,6 +147,7 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--session", required=True, metavar="ID", help="the session to export")
     export.add_argument(
         "--out",
+        type=out_path,
         metavar="FILE",
         help="write to this new file (created readable by you only, mode 0600) instead of stdout",
     )
@@ -220,6 +204,27 @@ async def _dispatch(
     )
 
 
+async def _preflight(
+    args: argparse.Namespace, store: SessionStore, keyring: Keyring | None
+) -> None:
+    """What a command that writes would refuse, found on the store opened read-only, so
+    that a refusal changes nothing (opening a store to write switches a SQLite file to WAL)."""
+    if args.command == "erase":
+        if not args.finish and args.session not in await store.session_ids():
+            raise CommandError(f"no session {args.session!r} in this store", commands.EXIT_STORE)
+        return
+    assert keyring is not None
+    await commands.run_maintenance(
+        args.command,
+        store,
+        keyring,
+        ttl=getattr(args, "ttl", None),
+        dry_run=True,
+        skip_unreadable=args.skip_unreadable,
+        batch_size=args.batch_size,
+    )
+
+
 async def _run(args: argparse.Namespace) -> int:
     from ..backends import open_store
 
@@ -234,6 +239,7 @@ async def _run(args: argparse.Namespace) -> int:
         messages_table=args.messages_table,
         busy_timeout=args.busy_timeout,
         read_only=_reads_only(args),
+        preflight=lambda probe: _preflight(args, probe, keyring),
     )
     try:
         code, report = await _dispatch(args, store, keyring)
@@ -264,16 +270,10 @@ def _locked(exc: BaseException) -> bool:
     return "locked" in str(exc).lower() or "busy" in str(exc).lower()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+def _command(args: argparse.Namespace) -> int:
+    """Run the command the arguments name; its errors go to :func:`main`'s one line."""
     if args.command == "keygen":
-        key = generate_key()
-        if args.kid:
-            try:
-                key = f"{check_kid(args.kid)}:{key}"
-            except InvalidKeyError as exc:
-                parser.error(str(exc))
+        key = generate_key() if args.kid is None else f"{args.kid}:{generate_key()}"
         out = Output(sys.stdout)
         out.write(key + "\n")
         out.flush()
@@ -283,12 +283,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         demo_main(args.db)
         return commands.EXIT_OK
+    return asyncio.run(_run(args))
+
+
+def _interrupted(command: str) -> str:
+    if command in ("purge", "rotate", "encrypt"):
+        return "interrupted; every finished batch is committed, run again to go on"
+    return "interrupted"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
     if args.debug:
-        return asyncio.run(_run(args))
+        return _command(args)
     try:
-        return asyncio.run(_run(args))
+        return _command(args)
+    except BrokenPipeError:  # the reader stopped reading: the output ends quietly, as cat's
+        silence_stdout()
+        return commands.EXIT_OK
     except KeyboardInterrupt:
-        message, code = "interrupted; every finished batch is committed, run again to go on", 130
+        message, code = _interrupted(args.command), 130
     except Exception as exc:  # one line a person can act on; --debug shows the traceback
         message, code = _explain(exc)
     sys.stderr.write(f"encmem {args.command}: {message}\n")

@@ -1,0 +1,235 @@
+"""The command as a new user meets it: one line per error with the right exit code, no
+traceback, options refused when they cannot mean anything, reports that say what was checked."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from encmem.backends import SQLiteSession
+
+from encmem import EncryptedSession, Keyring, generate_key
+
+ENCMEM = str(Path(sys.executable).with_name("encmem"))
+KEY, OTHER = generate_key(), generate_key()
+KEYS = f"k1:{KEY}"
+HAS_DEV_FULL = os.path.exists("/dev/full")
+
+
+def _environment(keys: str | None, env: dict[str, str] | None) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ENCMEM_KEY")}
+    if keys is not None:
+        environment["ENCMEM_KEYS"] = keys
+    environment.update(env or {})
+    return environment
+
+
+def _clean(done: subprocess.CompletedProcess[Any]) -> None:
+    text = str(done.stdout) + str(done.stderr)
+    for key in (KEY, OTHER):
+        assert key not in text
+    assert "Traceback" not in text, done.stderr
+    assert "Exception ignored" not in str(done.stderr), done.stderr
+
+
+def run(
+    *args: str,
+    keys: str | None = KEYS,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdout: Any = subprocess.PIPE,
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [ENCMEM, *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(keys, env),
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+    _clean(done)
+    return done
+
+
+async def _sealed(path: Path, sessions: dict[str, int], keyring: Keyring) -> None:
+    for session_id, count in sessions.items():
+        async with EncryptedSession(
+            underlying_session=SQLiteSession(session_id, path), encryption_key=keyring
+        ) as session:
+            await session.add_items(
+                [{"role": "user", "content": f"{session_id} {i}"} for i in range(count)]
+            )
+
+
+def sealed_store(
+    path: Path, sessions: dict[str, int] | None = None, keyring: Keyring | None = None
+) -> Path:
+    asyncio.run(_sealed(path, sessions or {"s0": 4}, keyring or Keyring({"k1": KEY})))
+    return path
+
+
+def rows(path: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        found = conn.execute(
+            "SELECT id, session_id, message_data FROM agent_messages ORDER BY id"
+        ).fetchall()
+    conn.close()
+    return found
+
+
+def set_row(
+    path: Path, row_id: int, *, data: str | None = None, session: str | None = None
+) -> None:
+    with sqlite3.connect(path) as conn:
+        if data is not None:
+            conn.execute("UPDATE agent_messages SET message_data = ? WHERE id = ?", (data, row_id))
+        if session is not None:
+            conn.execute("UPDATE agent_messages SET session_id = ? WHERE id = ?", (session, row_id))
+    conn.close()
+
+
+# -- 1. the demo goes through the same error handling as every command ----------------------
+
+
+@pytest.mark.slow
+def test_demo_into_a_reader_that_stops_ends_quietly_with_exit_0(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [ENCMEM, "demo"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(None, None),
+    ) as demo:
+        assert demo.stdout is not None and demo.stderr is not None
+        assert demo.stdout.readline().startswith("encmem demo")
+        demo.stdout.close()  # as `| head -1` does
+        errors = demo.stderr.read()
+        code = demo.wait(timeout=120)
+    assert code == 0 and errors == "", errors
+
+
+def test_demo_refuses_a_path_it_cannot_create_in_one_line(tmp_path: Path) -> None:
+    missing = run("demo", "--db", str(tmp_path / "nodir" / "x.db"), keys=None, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("encmem demo: ") and missing.stderr.count("\n") == 1
+    assert "does not exist" in missing.stderr
+    (tmp_path / "somedir").mkdir()
+    folder = run("demo", "--db", "somedir", keys=None, cwd=tmp_path)
+    assert folder.returncode == 2 and "is a directory" in folder.stderr
+    assert (tmp_path / "somedir").is_dir()
+
+
+def test_demo_with_a_malformed_key_exits_3_and_keeps_the_old_file(tmp_path: Path) -> None:
+    old = tmp_path / "encmem-demo.db"
+    old.write_bytes(b"an earlier run")
+    done = run("demo", keys=None, cwd=tmp_path, env={"ENCMEM_KEY": "garbage"})
+    assert done.returncode == 3 and done.stderr.startswith("encmem demo: bad key")
+    assert "garbage" not in done.stderr
+    assert old.read_bytes() == b"an earlier run"
+
+
+@pytest.mark.skipif(not HAS_DEV_FULL, reason="needs /dev/full")
+def test_demo_on_a_full_stdout_says_so(tmp_path: Path) -> None:
+    with open("/dev/full", "w") as full:
+        done = run("demo", keys=None, cwd=tmp_path, stdout=full)
+    assert done.returncode == 2
+    assert done.stderr == "encmem demo: cannot write to standard output: No space left on device\n"
+
+
+# -- 5. and 6. export --force replaces only files; an empty --out is refused ----------------
+
+
+def test_export_force_leaves_a_fifo_alone(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    done = run("export", str(store), "--session", "s0", "--out", str(fifo), "--force")
+    assert done.returncode == 2 and "FIFO" in done.stderr and "left as it is" in done.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mknod needs root")
+def test_export_force_leaves_a_device_node_alone(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    device = tmp_path / "fulldev"
+    os.mknod(device, stat.S_IFCHR | 0o644, os.makedev(1, 7))
+    done = run("export", str(store), "--session", "s0", "--out", str(device), "--force")
+    assert done.returncode == 2 and "a device" in done.stderr
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
+
+
+def test_export_force_replaces_a_symlink_without_following_it(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    (tmp_path / "folder").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "folder")
+    done = run("export", str(store), "--session", "s0", "--out", str(link), "--force")
+    assert done.returncode == 0, done.stderr
+    assert not link.is_symlink() and len(link.read_text().splitlines()) == 4
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_export_to_an_empty_out_is_a_usage_error(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    done = run("export", str(store), "--session", "s0", "--out", "")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--out" in done.stderr and "exported" not in done.stderr
+
+
+# -- 2., 3. and 12. options that cannot mean anything are usage errors ----------------------
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify", "purge"])
+def test_a_ttl_under_one_second_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    before = rows(store)
+    done = run(command, str(store), "--ttl", "0.5")
+    assert done.returncode == 2 and "whole seconds" in done.stderr
+    assert rows(store) == before
+
+
+@pytest.mark.parametrize("option", ["--messages-table", "--sessions-table"])
+@pytest.mark.parametrize("name", ["x;y", "", 'a"b'])
+def test_a_table_name_that_is_not_an_identifier_is_a_usage_error(
+    tmp_path: Path, option: str, name: str
+) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    done = run("inspect", str(store), option, name)
+    assert done.returncode == 2 and "must be a plain identifier" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_busy_timeout_must_be_a_finite_number_of_seconds(tmp_path: Path, value: str) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    done = run("inspect", str(store), "--busy-timeout", value)
+    assert done.returncode == 2 and "--busy-timeout" in done.stderr
+
+
+def test_keygen_refuses_an_empty_key_id(tmp_path: Path) -> None:
+    done = run("keygen", "--kid", "")
+    assert done.returncode == 2 and done.stdout == "" and "key id" in done.stderr
+
+
+# -- 4. a stdout that cannot be written to ---------------------------------------------------
+
+
+@pytest.mark.skipif(not HAS_DEV_FULL, reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["keygen", "inspect"])
+def test_a_full_stdout_is_one_line_naming_standard_output(tmp_path: Path, command: str) -> None:
+    args = ["keygen"] if command == "keygen" else ["inspect", str(sealed_store(tmp_path / "g.db"))]
+    with open("/dev/full", "w") as full:
+        done = run(*args, stdout=full)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"encmem {command}: cannot write to standard output: No space left on device\n"
+    )
