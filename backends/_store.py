@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from encmem._items import is_valid_session_id
 from encmem._protocol import SessionStore
@@ -20,6 +22,7 @@ from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
 from . import _advanced_schema as schema
 from . import _sqlite_connection as connections
+from . import _sqlite_read_only as read_only_files
 from ._identifiers import check_table_name, quote_identifier
 from ._residue import wipe_residue
 from ._sqlite import SQLiteSession
@@ -33,56 +36,9 @@ _DEFAULT_DRIVERS = {
 }
 """URL schemes without an async driver, and the driver the ``sqlalchemy`` extra installs."""
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def shown_target(target: str) -> str:
     """A path or URL as the user wrote it, for messages: only a URL's password is masked."""
     return repr(re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", target))
-
-
-def _in_wal_mode(path: Path) -> bool:
-    """Whether the file's header says write-ahead log (bytes 18 and 19 are 2)."""
-    try:
-        with path.open("rb") as file:
-            header = file.read(100)
-    except OSError:
-        return False
-    return header.startswith(_SQLITE_HEADER) and header[18:20] == b"\x02\x02"
-
-
-def _file_state(path: Path) -> tuple[int, int, int] | None:
-    try:
-        found = path.stat()
-    except OSError:
-        return None
-    return found.st_ino, found.st_size, found.st_mtime_ns
-
-
-def _read_only_uri(path: Path, shown: str) -> tuple[str, bool]:
-    """The SQLite URI that reads ``path`` and writes nothing, not even beside it; and whether
-    it reads without locks.
-
-    A rollback-journal file: ``mode=ro`` takes shared locks and creates nothing. A WAL file
-    with its -wal and -shm: ``readonly_shm`` maps the -shm read-only and indexes the -wal in
-    memory, so the log's rows are read and no read mark is written. A WAL file without a log
-    to read holds everything itself: ``mode=ro`` would create -wal and -shm (and fails where
-    it cannot), ``immutable`` reads it without them or locks.
-    """
-    base = path.absolute().as_uri()
-    if not _in_wal_mode(path):
-        return f"{base}?mode=ro", False
-    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
-    if wal.is_file() and shm.is_file():
-        return f"{base}?mode=ro&readonly_shm=1", False
-    wal_state = _file_state(wal)
-    if wal_state is None or wal_state[1] == 0:
-        return f"{base}?mode=ro&immutable=1", True
-    raise StoreError(
-        f"{shown} has a write-ahead log ({wal.name}) but no {shm.name} beside it; SQLite "
-        "cannot read the log without creating that file, and a read-only open creates "
-        "nothing. Copy the database and its -wal file to a writable directory and read the copy"
-    )
 
 
 def _unwritable(path: Path) -> str | None:
@@ -143,11 +99,11 @@ class SQLiteSessionStore:
         self.advanced = False
         self.read_only = read_only
         self._shown = shown_target(str(path))
-        self._unlocked_state: tuple[int, int, int] | None = None
+        self._unlocked_state: read_only_files.FileState = None
         if read_only:
-            uri, unlocked = _read_only_uri(self.path, self._shown)
+            uri, unlocked = read_only_files.read_only_uri(self.path, self._shown)
             if unlocked:
-                self._unlocked_state = _file_state(self.path)
+                self._unlocked_state = read_only_files.file_state(self.path)
             self._shared = connections.open_read_only(self.path, uri, busy_timeout)
         else:
             self._shared = connections.acquire(self.path, busy_timeout)
@@ -276,7 +232,10 @@ class SQLiteSessionStore:
         closing = connections.release(self._shared)
         if closing is not None:
             await closing
-        if self._unlocked_state is not None and _file_state(self.path) != self._unlocked_state:
+        if (
+            self._unlocked_state is not None
+            and read_only_files.file_state(self.path) != self._unlocked_state
+        ):
             raise StoreError(
                 f"{self._shown} was written to while it was read (a writer started meanwhile), "
                 "so what was read may be inconsistent; run again"
@@ -330,6 +289,31 @@ def _sqlite_url_path(url: str) -> str | None:
     return database if database and database != ":memory:" else None
 
 
+Preflight = Callable[[SessionStore], Awaitable[None]]
+"""A check a caller runs on the store opened read-only before it is opened for writing."""
+
+
+async def _open_checked(
+    text: str, url: str | None, read_only: bool, **options: Any
+) -> SessionStore:
+    path = _sqlite_url_path(url) if url and read_only and url.startswith("sqlite") else None
+    if url is not None and path is None:
+        try:
+            from ._sqlalchemy_store import SQLAlchemySessionStore
+        except ImportError:
+            raise StoreError(_NEEDS_EXTRA) from None
+        options.pop("busy_timeout")
+        return await SQLAlchemySessionStore(
+            url, read_only=read_only, shown=shown_target(text), **options
+        ).check()
+    store = SQLiteSessionStore(path or text, read_only=read_only, **options)
+    try:
+        return await store.check()
+    except BaseException:
+        await store.aclose()
+        raise
+
+
 async def open_store(
     target: str | Path,
     *,
@@ -337,37 +321,33 @@ async def open_store(
     messages_table: str = "agent_messages",
     busy_timeout: float = connections.BUSY_TIMEOUT_SECONDS,
     read_only: bool = False,
+    preflight: Preflight | None = None,
 ) -> SessionStore:
     """Open a session database by SQLite path or SQLAlchemy URL, checking it holds sessions.
 
     ``postgresql://`` and ``postgres://`` URLs use asyncpg, ``sqlite://`` ones aiosqlite.
     With ``read_only=True`` nothing is written, created or switched (a SQLite file is read
     through a read-only URI, even in a read-only directory); a missing file is an error.
+    A store opened for writing is first opened read-only and checked, then given to
+    ``preflight`` (which raises to refuse), and only then opened for writing: a file that
+    is no session store, or a refusal of ``preflight``, leaves every byte as it was.
     """
     text = str(target)
     url = _database_url(text)
-    path = _sqlite_url_path(url) if url and read_only and url.startswith("sqlite") else None
-    if url is not None and path is None:
-        try:
-            from ._sqlalchemy_store import SQLAlchemySessionStore
-        except ImportError:
-            raise StoreError(_NEEDS_EXTRA) from None
-        return await SQLAlchemySessionStore(
-            url,
-            sessions_table=sessions_table,
-            messages_table=messages_table,
-            read_only=read_only,
-            shown=shown_target(text),
-        ).check()
-    store = SQLiteSessionStore(
-        path or text,
-        sessions_table=sessions_table,
-        messages_table=messages_table,
-        busy_timeout=busy_timeout,
-        read_only=read_only,
-    )
+    options: dict[str, Any] = {
+        "sessions_table": sessions_table,
+        "messages_table": messages_table,
+        "busy_timeout": busy_timeout,
+    }
+    if read_only:
+        return await _open_checked(text, url, True, **options)
+    local = text if url is None else _sqlite_url_path(url) if url.startswith("sqlite") else None
+    if local is not None:
+        read_only_files.roll_back_hot_journal(Path(local), busy_timeout)
+    probe = await _open_checked(text, url, True, **options)
     try:
-        return await store.check()
-    except BaseException:
-        await store.aclose()
-        raise
+        if preflight is not None:
+            await preflight(probe)
+    finally:
+        await probe.aclose()
+    return await _open_checked(text, url, False, **options)
