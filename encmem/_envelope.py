@@ -249,7 +249,8 @@ class Opener:
         if opened is None:
             raise TamperedItemError(
                 f"the token under key id {kid!r} failed authentication (wrong key for this "
-                "id, an item moved from another session, or an edited token)"
+                "id, an item moved from another session, or an edited token)",
+                kid=kid if _SHOWABLE.fullmatch(kid) else None,
             )
         plaintext, sealed_at = opened
         text = _sealed_text(plaintext)

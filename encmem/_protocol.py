@@ -176,7 +176,7 @@ class Capabilities(NamedTuple):
     def of(cls, session: object) -> Capabilities:
         branching = session if isinstance(session, Branching) else None
         return cls(
-            type(session).__name__,
+            class_label(type(session)),
             session if isinstance(session, ItemAddressing) else None,
             branching,
             session if branching is not None and isinstance(session, BranchAddressing) else None,
@@ -187,9 +187,23 @@ class Capabilities(NamedTuple):
         """``capability`` when the session offers it; else UnsupportedOperation naming it."""
         if capability is not None:
             return capability
+        if self.kind.startswith("encmem."):
+            advice = "use encmem.backends.AdvancedSQLiteSession, which has branches and turns"
+        else:
+            advice = (
+                "use one of encmem's backends (encmem.backends) or implement the capability's "
+                "methods on your session"
+            )
         raise UnsupportedOperation(
-            f"{operation} needs the {name} capability, which {self.kind} does not offer; use "
-            "one of encmem's backends (encmem.backends) or implement the capability's methods "
-            "on your session",
+            f"{operation} needs the {name} capability, which {self.kind} does not offer; "
+            f"{advice}",
             capability=name,
         )
+
+
+def class_label(kind: type) -> str:
+    """A class's importable name, so that same-named classes of two libraries differ."""
+    module = kind.__module__
+    if module.startswith("encmem.") and "._" in module:
+        module = module.split("._")[0]  # encmem.backends._sqlite -> encmem.backends
+    return f"{module}.{kind.__qualname__}"

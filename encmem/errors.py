@@ -99,12 +99,15 @@ class DecryptionError(EncmemError):
             where += f" (storage id {self.item_id})"
         return where
 
+    remedy = "read it with the key it was sealed under"
+    """What to do about such an item, for the message."""
+
     def _message(self) -> str:
         if self.session_id is None:
             return self.reason
         return (
-            f"{self.reason} [{self.where}]. The item was left in storage; read it with the key "
-            "it was sealed under, or pass on_invalid='skip' to read past it"
+            f"{self.reason} [{self.where}]. The item was left in storage; {self.remedy}, or "
+            "pass on_invalid='skip' to read past it"
         )
 
     def located(
@@ -136,15 +139,31 @@ class UnknownKeyIdError(DecryptionError):
 
 
 class TamperedItemError(DecryptionError):
-    """An item's token or its clear metadata failed authentication."""
+    """An item's token or its clear metadata failed authentication.
+
+    ``kid`` is the key id the token claims when it is a well-formed one (None otherwise).
+    """
+
+    remedy = (
+        "read it with the key it was sealed under; if that key was given, the item was "
+        "altered or moved"
+    )
+
+    def __init__(self, reason: str, *, kid: str | None = None, **where: Any) -> None:
+        self.kid = kid
+        super().__init__(reason, **where)
 
 
 class PlaintextItemError(DecryptionError):
     """A plaintext item was found where an encrypted envelope was expected."""
 
+    remedy = "seal the session's plaintext items with encrypt_existing() (encmem encrypt)"
+
 
 class CorruptRowError(DecryptionError):
     """A stored row is not one JSON object with unique keys, so no item can be read from it."""
+
+    remedy = "repair or delete the row by its storage id"
 
 
 class UnrestoredItemsError(DecryptionError):

@@ -28,12 +28,8 @@ class Clock:
 
 
 def encrypted(path: Path, **options: Any) -> EncryptedSession:
-    return EncryptedSession(
-        session_id="s",
-        underlying_session=SQLiteSession("s", path),
-        encryption_key=TEST_KEY,
-        **options,
-    )
+    options.setdefault("encryption_key", TEST_KEY)
+    return EncryptedSession(session_id="s", underlying_session=SQLiteSession("s", path), **options)
 
 
 def stored_rows(path: Path) -> int:
@@ -162,3 +158,54 @@ async def test_the_limit_counts_utf8_bytes_and_can_be_raised_or_lifted(tmp_path:
 def test_max_item_bytes_must_be_a_positive_int_or_none(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ValueError, match="max_item_bytes must be a positive int or None"):
         encrypted(tmp_path / "db.sqlite", max_item_bytes=bad)
+
+
+# -- errors that point the right way ---------------------------------------------------------
+
+
+async def test_a_missing_capability_names_the_class_and_what_has_it(tmp_path: Path) -> None:
+    from agents.extensions.memory import AdvancedSQLiteSession as SDKAdvanced
+
+    from encmem import UnsupportedOperation
+
+    ours = encrypted(tmp_path / "a.db")
+    with pytest.raises(UnsupportedOperation) as caught:
+        await ours.get_items(1, branch_id="b")
+    assert "encmem.backends.SQLiteSession does not offer" in str(caught.value)
+    assert "use encmem.backends.AdvancedSQLiteSession" in str(caught.value)
+    underlying = SDKAdvanced(session_id="s", db_path=tmp_path / "b.db", create_tables=True)
+    sdk = EncryptedSession(underlying_session=underlying, encryption_key=TEST_KEY)
+    with pytest.raises(UnsupportedOperation) as caught:
+        await sdk.get_conversation_turns()
+    assert "agents.extensions.memory" in str(caught.value)
+    assert caught.value.capability == "UserTurnSource"
+
+
+async def test_each_unreadable_kind_says_its_own_remedy(tmp_path: Path) -> None:
+    from encmem import CorruptRowError, Keyring, PlaintextItemError, TamperedItemError, generate_key
+
+    path = tmp_path / "db.sqlite"
+    async with encrypted(path, encryption_key=Keyring({"k1": generate_key()})) as writer:
+        await writer.add_items([{"role": "user", "content": "sealed"}])
+    async with encrypted(path, encryption_key=Keyring({"k1": generate_key()})) as wrong:
+        with pytest.raises(TamperedItemError) as tampered:
+            await wrong.get_items()
+    assert tampered.value.kid == "k1"
+    assert "altered or moved" in str(tampered.value)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM agent_messages")
+        conn.execute(
+            "INSERT INTO agent_messages (session_id, message_data) VALUES ('s', ?)",
+            ('{"role": "user", "content": "plain"}',),
+        )
+    async with encrypted(path) as reader:
+        with pytest.raises(PlaintextItemError) as plain:
+            await reader.get_items()
+    assert "encrypt_existing()" in str(plain.value)
+    assert "key it was sealed under" not in str(plain.value)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE agent_messages SET message_data = '[1, 2]'")
+    async with encrypted(path) as reader:
+        with pytest.raises(CorruptRowError) as corrupt:
+            await reader.get_items()
+    assert "repair or delete the row" in str(corrupt.value)
