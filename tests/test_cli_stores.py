@@ -3,14 +3,18 @@ rollback-journal stores, locked and half-written ones, stores in use, and databa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .test_cli_edges import run, sealed_store
+from .test_cli_edges import KEY, run, sealed_store
 
 COMPANIONS = ("", "-wal", "-shm", "-journal")
 
@@ -98,3 +102,77 @@ def test_a_refused_write_leaves_a_rollback_journal_store_as_it_was(tmp_path: Pat
     assert path.read_bytes()[18:20] == b"\x01\x01"  # still a rollback journal
     erased = run("erase", str(path), "--session", "s1", "--yes")  # a write that goes ahead
     assert erased.returncode == 0, erased.stderr
+
+
+# -- 2. verify beside a writer ----------------------------------------------------------------
+
+_WRITER = """
+import asyncio, sys
+from encmem import EncryptedSession, Keyring
+from encmem.backends import SQLiteSession
+
+async def write(path, key, churn):
+    keyring = Keyring({"k1": key})
+    turn = 0
+    while True:
+        session = EncryptedSession(
+            underlying_session=SQLiteSession(f"w{turn % 5}", path), encryption_key=keyring
+        )
+        for _ in range(1 if churn else 10**9):
+            await session.add_items([{"role": "user", "content": f"turn {turn}"}] * 3)
+            turn += 1
+            print(turn, flush=True)
+        await session.close()
+
+asyncio.run(write(sys.argv[1], sys.argv[2], sys.argv[3] == "churn"))
+"""
+
+
+@contextlib.contextmanager
+def writing(path: Path, churn: bool = False) -> Iterator[None]:
+    """A process adding sealed items to the store in a loop (opening and closing a session
+    for every write with ``churn``) until the block ends; it has written when this yields."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), KEY, "churn" if churn else "steady"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "1"
+        yield
+        assert writer.poll() is None, "the writer stopped on its own"
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+
+
+def _add_orphan(path: Path) -> None:
+    """A row under a blank session id: no session can be opened to reach it."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "INSERT INTO agent_messages (session_id, message_data) VALUES ('', '{}')"
+        )
+    conn.close()
+
+
+_ONE_UNREACHED = "unreached: 1 stored rows belong to no session or branch the store can read"
+
+
+@pytest.mark.slow
+def test_verify_beside_a_writer_reports_no_rows_as_unreached(tmp_path: Path) -> None:
+    path = sealed_store(tmp_path / "big.db", {f"s{i}": 30 for i in range(6)})
+    orphaned = sealed_store(tmp_path / "orphan.db", {f"s{i}": 30 for i in range(6)})
+    _add_orphan(orphaned)
+    with writing(path), writing(orphaned):
+        for _ in range(2):
+            done = run("verify", str(path))
+            assert done.returncode == 0, done.stdout + done.stderr
+            # Rows the writer adds may make up for the one never reached, never add to it.
+            done = run("verify", str(orphaned), "--json")
+            assert done.returncode in (0, 1), done.stderr
+            problems = [p["problem"] for p in json.loads(done.stdout)["problems"]]
+            assert problems in ([], [_ONE_UNREACHED]), problems
+    done = run("verify", str(orphaned), "--json")
+    assert done.returncode == 1, done.stderr
+    assert [p["problem"] for p in json.loads(done.stdout)["problems"]] == [_ONE_UNREACHED]
