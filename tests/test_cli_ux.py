@@ -233,3 +233,36 @@ def test_a_full_stdout_is_one_line_naming_standard_output(tmp_path: Path, comman
     assert done.stderr == (
         f"encmem {command}: cannot write to standard output: No space left on device\n"
     )
+
+
+# -- 13. a wrong key for the primary id changes nothing ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["rotate", "encrypt"])
+def test_a_wrong_primary_key_is_refused_before_anything_changes(
+    tmp_path: Path, command: str
+) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    before = rows(store)
+    done = run(command, str(store), keys=f"k1:{OTHER}")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "nothing was changed" in done.stderr and "wrong key for that id" in done.stderr
+    assert "primary key id 'k1'" in done.stderr
+    assert rows(store) == before
+
+
+# -- 9. an item moved into another session fails authentication; the key is right -----------
+
+
+def test_export_calls_a_moved_item_a_failed_authentication(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db", {"a": 2, "b": 1})
+    (moved, _, _), *_ = rows(store)
+    with sqlite3.connect(store) as conn:
+        conn.execute("DELETE FROM agent_messages WHERE session_id = 'b'")
+        conn.execute("UPDATE agent_messages SET session_id = 'b' WHERE id = ?", (moved,))
+    conn.close()
+    done = run("export", str(store), "--session", "b")
+    assert done.returncode == 3 and done.stdout == ""
+    assert "fails authentication" in done.stderr and "wrong key" not in done.stderr
+    audit = run("verify", str(store))
+    assert "TamperedItemError" in audit.stdout and "wrong-key" not in audit.stdout

@@ -17,7 +17,14 @@ from .._keys import Keyring
 from .._protocol import SessionStore
 from ..errors import CommandError, EncmemError, InvalidItemError, InvalidKeyError
 from ._audit import EXIT_FINDINGS, EXIT_OK, inspect_store, verify_store
-from ._diagnosis import EXIT_KEYS, EXIT_STORE, Diagnosis, plural
+from ._diagnosis import (
+    EXIT_KEYS,
+    EXIT_STORE,
+    Diagnosis,
+    plural,
+    sessions_text,
+    token_authenticates,
+)
 from ._export import EXIT_USAGE, export_session
 from ._progress import ProgressBar
 from ._walk import distinct_items, iso
@@ -111,6 +118,32 @@ async def _refusal(kind: str, store: SessionStore, keyring: Keyring) -> CommandE
     )
 
 
+async def check_primary_key(store: SessionStore, keyring: Keyring) -> None:
+    """Refuse a primary key that opens none of the items already sealed under its key id:
+    everything a maintenance pass writes is sealed under it. Stops at the first item whose
+    token authenticates, so a right key costs one item."""
+    primary = keyring.primary_kid
+    failed, sessions = 0, []
+    async for session_id, (_, _, obj) in distinct_items(store):
+        if isinstance(obj, CorruptRow) or not is_envelope(obj) or obj.get("kid") != primary:
+            continue
+        version = obj.get("v")
+        if type(version) is not int or version != FORMAT_VERSION:
+            continue
+        if token_authenticates(keyring, obj, session_id):
+            return
+        failed += 1
+        if session_id not in sessions:
+            sessions.append(session_id)
+    if failed:
+        raise CommandError(
+            f"nothing was changed: {plural(failed, 'item')} in {sessions_text(sessions)} "
+            f"{'is' if failed == 1 else 'are'} sealed under the primary key id {primary!r}, "
+            "and the key given for that id opens none of them: it is the wrong key for that id",
+            EXIT_KEYS,
+        )
+
+
 async def run_maintenance(
     kind: str,
     store: SessionStore,
@@ -128,6 +161,7 @@ async def run_maintenance(
         "purge": maintenance.purge_store,
     }
     job: Any = jobs[kind]
+    await check_primary_key(store, keyring)
     args: tuple[Any, ...] = (store, keyring) if kind != "purge" else (store, keyring, ttl)
     preview = await job(*args, batch_size=batch_size, dry_run=True)
     if preview["unreadable"] and not skip_unreadable:

@@ -21,8 +21,9 @@ from .._envelope import (
 )
 from .._items import CorruptRow
 from .._keys import SDK_KID, Keyring
+from .._protocol import SessionStore
 from ..errors import DecryptionError, UnknownKeyIdError
-from ._walk import Stored, kid_label
+from ._walk import Stored, distinct_items, kid_label
 
 EXIT_KEYS = 3
 EXIT_STORE = 4
@@ -130,17 +131,26 @@ class Diagnosis:
         return version == FORMAT_VERSION and type(version) is int and kid in self.keyring
 
     def _authentic(self, obj: dict[str, Any], session_id: str) -> bool:
-        """Whether the token authenticates under the key of its key id (whatever else is
-        wrong with the item): the key is right then."""
-        token = obj.get("payload")
-        if not isinstance(token, str):
-            return False
-        if obj.get("v") == SDK_FORMAT_VERSION:
-            keys = self.keyring.sdk_keys(session_id)
-        else:
-            key = self.keyring.session_key(str(obj.get("kid")), session_id)
-            keys = [key] if key is not None else []
-        return any(key.open(token) is not None for key in keys)
+        return token_authenticates(self.keyring, obj, session_id)
+
+    async def vouch(self, store: SessionStore) -> None:
+        """For a part of the store (one session): a key id whose items here all fail, yet
+        under which another item of the store authenticates, has the right key; its failures
+        here are about those items (moved or altered). Stops once each such id is settled."""
+        suspects = set(self.wrong_keys())
+        if not suspects:
+            return
+        async for session_id, (_, _, obj) in distinct_items(store):
+            if isinstance(obj, CorruptRow) or not is_envelope(obj):
+                continue
+            kid = kid_label(obj.get("kid"))
+            if kid is None or kid not in suspects:
+                continue
+            if self._held(obj, kid) and self._authentic(obj, session_id):
+                self.kids[kid].authentic += 1
+                suspects.discard(kid)
+                if not suspects:
+                    return
 
     # -- after every item was seen --------------------------------------------------------
 
@@ -217,6 +227,20 @@ class Diagnosis:
         if self.missing_keys() or self.wrong_keys() or self.counts["altered"]:
             return EXIT_KEYS
         return EXIT_STORE
+
+
+def token_authenticates(keyring: Keyring, obj: dict[str, Any], session_id: str) -> bool:
+    """Whether the item's token authenticates under the key of its key id (whatever else is
+    wrong with the item): the key is right then."""
+    token = obj.get("payload")
+    if not isinstance(token, str):
+        return False
+    if obj.get("v") == SDK_FORMAT_VERSION:
+        keys = keyring.sdk_keys(session_id)
+    else:
+        key = keyring.session_key(str(obj.get("kid")), session_id)
+        keys = [key] if key is not None else []
+    return any(key.open(token) is not None for key in keys)
 
 
 def _kid_text(kid: str | None) -> str:
