@@ -219,11 +219,11 @@ def _configure(
 
 
 def _connector(
-    database: str, is_file: bool, busy_timeout: float, read_only: bool
+    database: str | Callable[[], str], is_file: bool, busy_timeout: float, read_only: bool
 ) -> Callable[[], sqlite3.Connection]:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(
-            database,
+            database() if callable(database) else database,
             timeout=busy_timeout,
             isolation_level=None,
             check_same_thread=False,
@@ -248,7 +248,7 @@ class SharedConnection:
     def __init__(
         self,
         key: str,
-        database: str,
+        database: str | Callable[[], str],
         is_file: bool,
         busy_timeout: float = BUSY_TIMEOUT_SECONDS,
         read_only: bool = False,
@@ -260,7 +260,7 @@ class SharedConnection:
         self.users = 0
         self.schemas: set[tuple[str, ...]] = set()
         self._connect = _connector(database, is_file, busy_timeout, read_only)
-        self._name = f"encmem-sqlite {os.path.basename(key) or database}"
+        self._name = f"encmem-sqlite {os.path.basename(key) or ':memory:'}"
         self._worker: _Worker | None = None
         self._finalizer: weakref.finalize[[bool], SharedConnection] | None = None
         self._closed = False
@@ -350,9 +350,10 @@ def acquire(db_path: str | Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> 
 
 
 def open_read_only(
-    db_path: str | Path, uri: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+    db_path: str | Path, uri: str | Callable[[], str], busy_timeout: float = BUSY_TIMEOUT_SECONDS
 ) -> SharedConnection:
-    """A connection of its own that reads ``db_path`` through the read-only SQLite ``uri``.
+    """A connection of its own that reads ``db_path`` through the read-only SQLite ``uri``
+    (or the one ``uri()`` gives, on the connection's thread, as it opens).
 
     It is never shared through the registry, so a session of this process that writes to
     the same file gets a writable connection of its own; :func:`share` hands it to others.

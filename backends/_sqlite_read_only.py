@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from encmem.errors import StoreError
+from encmem.errors import NotASessionStoreError, StoreError
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -93,3 +93,31 @@ def roll_back_hot_journal(path: Path, busy_timeout: float) -> None:
     finally:
         conn.close()
 
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    return str(getattr(exc, "sqlite_errorname", ""))
+
+
+def open_failure(exc: sqlite3.Error, path: Path, shown: str) -> StoreError:
+    """The error to raise when SQLite could not open or read ``path`` (SQLite's own message
+    names the failure, never a stored value)."""
+    name, text = _error_name(exc), str(exc)
+    if name == "SQLITE_NOTADB" or "not a database" in text:
+        return NotASessionStoreError(f"{shown} is not a SQLite database ({text})")
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text.lower():
+        return StoreError(
+            f"the database {shown} is locked by another process ({text}); try again when it "
+            "is free"
+        )
+    if name == "SQLITE_READONLY_ROLLBACK" or ("readonly" in text and has_hot_journal(path)):
+        journal = _beside(path, "-journal").name
+        return StoreError(
+            f"{shown} holds an unfinished transaction: its journal {journal} (left by a "
+            "writer that stopped mid-write) must be rolled back first, and only a writable "
+            "open can do that, while this one only reads. Run a command that writes to it "
+            "(encmem purge, rotate, encrypt or erase), or open it once with write access "
+            f"(sqlite3 FILE 'PRAGMA user_version'); or copy the database with its {journal} "
+            "elsewhere, open the copy that way, and audit the copy"
+        )
+    return StoreError(f"cannot read {shown} ({text}); nothing was changed")

@@ -9,9 +9,11 @@ and -shm files, and works on read-only files in read-only directories.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -100,11 +102,9 @@ class SQLiteSessionStore:
         self.read_only = read_only
         self._shown = shown_target(str(path))
         self._unlocked_state: read_only_files.FileState = None
+        self._busy_timeout = busy_timeout
         if read_only:
-            uri, unlocked = read_only_files.read_only_uri(self.path, self._shown)
-            if unlocked:
-                self._unlocked_state = read_only_files.file_state(self.path)
-            self._shared = connections.open_read_only(self.path, uri, busy_timeout)
+            self._shared = connections.open_read_only(self.path, self._uri, busy_timeout)
         else:
             self._shared = connections.acquire(self.path, busy_timeout)
         self._sessions: list[SQLiteSession] = []
@@ -128,12 +128,9 @@ class SQLiteSessionStore:
                 "(encmem inspect, verify, export and --dry-run runs do)"
             )
         try:
-            await self._shared.start()
-            tables = await self._shared.run(_table_names)
+            tables = await (self._read_tables() if self.read_only else self._tables())
         except sqlite3.DatabaseError as exc:
-            raise NotASessionStoreError(
-                f"{self._shown} is not a SQLite database ({exc})"
-            ) from None
+            raise read_only_files.open_failure(exc, self.path, self._shown) from None
         missing = {self.sessions_table, self.messages_table} - tables
         if missing:
             raise NotASessionStoreError(
@@ -144,6 +141,38 @@ class SQLiteSessionStore:
         if self.advanced and self.read_only and schema.BRANCHES not in tables:
             await self._shared.run(lambda conn: _branches_in_memory(conn, self.sessions_table))
         return self
+
+    def _uri(self) -> str:
+        """The read-only URI, chosen as the connection opens from the files there then."""
+        uri, unlocked = read_only_files.read_only_uri(self.path, self._shown)
+        self._unlocked_state = read_only_files.file_state(self.path) if unlocked else None
+        return uri
+
+    async def _tables(self) -> set[str]:
+        await self._shared.start()
+        return await self._shared.run(_table_names)
+
+    async def _read_tables(self) -> set[str]:
+        """The tables, read through a read-only open chosen again while a writer creates or
+        removes the files beside the database: a choice made as they changed may not open,
+        or may read without locks a file a writer has started on."""
+        deadline = time.monotonic() + max(self._busy_timeout, 1.0)
+        while True:
+            seen = read_only_files.companions(self.path)
+            try:
+                tables = await self._tables()
+            except (sqlite3.DatabaseError, StoreError):
+                if read_only_files.companions(self.path) == seen or time.monotonic() > deadline:
+                    raise
+            else:
+                unchanged = read_only_files.companions(self.path) == seen
+                if self._unlocked_state is None or unchanged or time.monotonic() > deadline:
+                    return tables
+            closing = connections.release(self._shared)
+            if closing is not None:
+                await closing
+            await asyncio.sleep(0.005)
+            self._shared = connections.open_read_only(self.path, self._uri, self._busy_timeout)
 
     async def session_ids(self) -> list[str]:
         s, m = self.sessions_table, self.messages_table

@@ -176,3 +176,79 @@ def test_verify_beside_a_writer_reports_no_rows_as_unreached(tmp_path: Path) -> 
     done = run("verify", str(orphaned), "--json")
     assert done.returncode == 1, done.stderr
     assert [p["problem"] for p in json.loads(done.stdout)["problems"]] == [_ONE_UNREACHED]
+
+
+# -- 3. read errors name what is wrong --------------------------------------------------------
+
+_LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_locked_rollback_journal_store_is_said_to_be_locked(tmp_path: Path) -> None:
+    path = rollback_store(tmp_path / "rb.db")
+    locker = subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        for command in (
+            ["inspect", str(path), "--busy-timeout", "0.2"],
+            ["erase", str(path), "--session", "s0", "--yes", "--busy-timeout", "0.2"],
+        ):
+            done = run(*command)
+            assert done.returncode == 4, done.stderr
+            assert "is locked by another process" in done.stderr, done.stderr
+            assert "not a SQLite database" not in done.stderr
+    finally:
+        locker.kill()
+        locker.wait(timeout=30)
+
+
+_KILLED_MID_WRITE = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA cache_size=1")  # pages spill to the file before the commit
+conn.execute("BEGIN")
+conn.execute("INSERT INTO agent_sessions (session_id) VALUES ('half-written')")
+conn.execute("CREATE TABLE scratch AS WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL "
+             "SELECT i + 1 FROM r WHERE i < 300) SELECT randomblob(1000) AS b FROM r")
+os._exit(0)
+"""
+
+
+def test_a_hot_journal_is_named_and_read_only_commands_leave_it(tmp_path: Path) -> None:
+    path = rollback_store(tmp_path / "hot.db", {f"s{i}": 30 for i in range(4)})
+    subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(path)], check=True, timeout=60)
+    assert Path(f"{path}-journal").stat().st_size > 0
+    before = fingerprint(path)
+    reads = (["inspect"], ["verify"], ["export", "--session", "s0"], ["rotate", "--dry-run"])
+    for command in reads:
+        done = run(command[0], str(path), *command[1:])
+        assert done.returncode == 4, done.stderr
+        assert "unfinished transaction" in done.stderr and "hot.db-journal" in done.stderr
+        assert "not a SQLite database" not in done.stderr
+        assert fingerprint(path) == before
+    rotated = run("rotate", str(path))  # a command that writes rolls the journal back
+    assert rotated.returncode == 0, rotated.stderr
+    assert run("verify", str(path)).returncode == 0
+    assert "half-written" not in run("inspect", str(path)).stdout
+
+
+@pytest.mark.slow
+def test_reads_of_a_store_in_use_always_open(tmp_path: Path) -> None:
+    path = sealed_store(tmp_path / "big.db", {f"s{i}": 10 for i in range(4)})
+    with writing(path, churn=True):
+        for attempt in range(16):
+            for command in ("inspect", "verify"):
+                done = run(command, str(path), "--json")
+                assert done.returncode == 0, (attempt, command, done.stderr)
+                report = json.loads(done.stdout)
+                if command == "inspect":
+                    assert report["totals"]["items"] >= 40
+                else:
+                    assert report["ok"] and report["checked"] >= 40

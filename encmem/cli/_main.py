@@ -233,18 +233,31 @@ async def _run(args: argparse.Namespace) -> int:
         needs_keys = args.command != "inspect"
         if needs_keys or args.key_file or _env_has_keys():
             keyring = commands.load_keyring(args.key_file)
-    store = await open_store(
-        args.db,
-        sessions_table=args.sessions_table,
-        messages_table=args.messages_table,
-        busy_timeout=args.busy_timeout,
-        read_only=_reads_only(args),
-        preflight=lambda probe: _preflight(args, probe, keyring),
-    )
-    try:
-        code, report = await _dispatch(args, store, keyring)
-    finally:
-        await store.aclose()
+    # A read without locks (a WAL file with no log beside it) of a file a writer changed
+    # meanwhile is refused when the store closes; a report not yet printed is made again.
+    rereads = 5 if _reads_only(args) and args.command != "export" else 0
+    while True:
+        store = await open_store(
+            args.db,
+            sessions_table=args.sessions_table,
+            messages_table=args.messages_table,
+            busy_timeout=args.busy_timeout,
+            read_only=_reads_only(args),
+            preflight=lambda probe: _preflight(args, probe, keyring),
+        )
+        try:
+            code, report = await _dispatch(args, store, keyring)
+        except BaseException:
+            await store.aclose()
+            raise
+        try:
+            await store.aclose()
+        except StoreError:
+            if rereads == 0:
+                raise
+            rereads -= 1
+            continue
+        break
     if args.command != "export":
         print_report(args.command, report, args.json)
     elif report.get("output_closed"):
