@@ -4,6 +4,7 @@ traceback, options refused when they cannot mean anything, reports that say what
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import stat
@@ -266,3 +267,73 @@ def test_export_calls_a_moved_item_a_failed_authentication(tmp_path: Path) -> No
     assert "fails authentication" in done.stderr and "wrong key" not in done.stderr
     audit = run("verify", str(store))
     assert "TamperedItemError" in audit.stdout and "wrong-key" not in audit.stdout
+
+
+# -- 7. and 8. inspect says what it could not check, and never calls an envelope plaintext ---
+
+
+def test_inspect_without_a_key_does_not_claim_nothing_expired(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    done = run("inspect", str(store), "--ttl", "1s", "--json", keys=None)
+    report = json.loads(done.stdout)
+    assert [row["expired"] for row in report["sessions"]] == [None]
+    assert report["totals"]["expired"] is None
+    text = run("inspect", str(store), "--ttl", "1s", keys=None).stdout
+    assert "not checked" in text.splitlines()[1]
+    keyed = json.loads(run("inspect", str(store), "--ttl", "1d", "--json").stdout)
+    assert keyed["totals"]["expired"] == 0
+
+
+@pytest.mark.parametrize("keys", [None, KEYS], ids=["no-key", "key"])
+def test_inspect_counts_a_damaged_envelope_as_unreadable(tmp_path: Path, keys: str | None) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    (row_id, _, data), *_ = rows(store)
+    damaged = json.loads(data)
+    del damaged["__enc__"]
+    set_row(store, row_id, data=json.dumps(damaged))
+    totals = json.loads(run("inspect", str(store), "--json", keys=keys).stdout)["totals"]
+    assert totals["plaintext"] == 0 and totals["unreadable"] == 1
+    assert "TamperedItemError" in run("verify", str(store)).stdout
+
+
+# -- 14. plaintext that cannot be sealed is not sent to `encmem encrypt` ----------------------
+
+_LONE_SURROGATE = '{"role": "user", "content": "\\ud800"}'
+
+
+def test_unsealable_plaintext_is_described_as_what_it_is(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db", {"p": 1})
+    (row_id, _, _), *_ = rows(store)
+    set_row(store, row_id, data=_LONE_SURROGATE)
+    exported = run("export", str(store), "--session", "p")
+    assert exported.returncode == 4 and "cannot be stored as JSON text" in exported.stderr
+    assert "seals plaintext items" not in exported.stderr
+    sealed = run("encrypt", str(store))
+    assert sealed.returncode == 4 and "cannot be stored as JSON text" in sealed.stderr
+    assert "NaN" not in sealed.stderr and "ud800" not in sealed.stderr
+
+
+# -- 16. counts in words that agree with them; JSON that says "none" with null ---------------
+
+
+def test_reports_use_singular_nouns_for_one(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db", {"s0": 1})
+    assert "\n1 session, 1 item " in run("inspect", str(store), keys=None).stdout
+    (row_id, _, data), *_ = rows(store)
+    set_row(store, row_id, data=data.replace('"role":"user"', '"role":"assistant"'))
+    verified = run("verify", str(store))
+    assert verified.returncode == 1
+    assert verified.stdout.splitlines()[-1] == "FAILED: 1 problem (1 item checked, 0 opened)"
+
+
+def test_verify_with_a_wrong_key_says_how_many_were_opened(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db", {"s0": 1})
+    done = run("verify", str(store), keys=f"k1:{OTHER}")
+    assert done.returncode == 3
+    assert done.stdout.splitlines()[-1] == (
+        "FAILED: wrong or missing keys, 1 item not opened; 1 problem (1 item checked, 0 opened)"
+    )
+    problem = json.loads(run("verify", str(store), "--json", keys=f"k1:{OTHER}").stdout)
+    (wrong,) = problem["problems"]
+    assert wrong["problem"] == "wrong-key"
+    assert wrong["session_id"] is None and wrong["storage_id"] is None

@@ -9,7 +9,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from .._envelope import FORMAT_VERSION, is_envelope, open_envelope, token_timestamp
+from .._envelope import (
+    FORMAT_VERSION,
+    is_envelope,
+    looks_sealed,
+    open_envelope,
+    token_timestamp,
+)
 from .._items import CorruptRow
 from .._keys import Keyring
 from .._protocol import SessionStore
@@ -38,7 +44,9 @@ def _count_item(
         tally["unreadable"] += 1
         return None
     if not is_envelope(obj):
-        tally["plaintext"] += 1
+        # An object with envelope markers is a damaged envelope, never plaintext.
+        damaged = isinstance(obj, dict) and looks_sealed(obj)
+        tally["unreadable" if damaged else "plaintext"] += 1
         return None
     assert isinstance(obj, dict)
     kids[kid_label(obj.get("kid")) or _UNSHOWN_KID] += 1
@@ -79,6 +87,7 @@ async def _inspect_session(
     return {
         "session_id": session_id,
         **tally,
+        "expired": tally["expired"] if keyring is not None else None,  # None: not checked
         "branches": len(found) if found != [None] else 1,
         "key_ids": dict(sorted(kids.items())),
         "oldest": iso(min(times)) if times else None,
@@ -93,10 +102,12 @@ async def inspect_store(
         await _inspect_session(store, session_id, keyring, ttl)
         for session_id in await store.session_ids()
     ]
-    totals = Counter[str]()
-    for row in sessions:
-        for name in ("items", "plaintext", "sdk_v1", "expired", "unreadable"):
-            totals[name] += row[name]
+    totals: dict[str, int | None] = {}
+    for name in ("items", "plaintext", "sdk_v1", "expired", "unreadable"):
+        counts = [row[name] for row in sessions]
+        totals[name] = None if None in counts else sum(counts)
+    if keyring is None:
+        totals["expired"] = None  # nothing could be checked without a key
     report = {
         "sessions": sessions,
         "totals": {"sessions": len(sessions), **totals},
@@ -134,9 +145,9 @@ async def verify_store(
     if unreached > 0:
         problems.append(
             {
-                "session_id": "-",
+                "session_id": None,
                 "branch_id": None,
-                "storage_id": "-",
+                "storage_id": None,
                 "problem": f"unreached: {unreached} stored rows belong to no session or branch "
                 "the store can read",
             }

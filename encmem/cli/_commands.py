@@ -12,16 +12,17 @@ from typing import Any, TextIO
 
 from .. import _stores as maintenance
 from .._envelope import FORMAT_VERSION, is_envelope, looks_sealed
-from .._items import CorruptRow, Item, encode_item
+from .._items import CorruptRow, Item
 from .._keys import Keyring
 from .._protocol import SessionStore
-from ..errors import CommandError, EncmemError, InvalidItemError, InvalidKeyError
+from ..errors import CommandError, EncmemError, InvalidKeyError
 from ._audit import EXIT_FINDINGS, EXIT_OK, inspect_store, verify_store
 from ._diagnosis import (
     EXIT_KEYS,
     EXIT_STORE,
     Diagnosis,
     plural,
+    sealable,
     sessions_text,
     token_authenticates,
 )
@@ -90,14 +91,6 @@ def _opened_by(kind: str, obj: Item | CorruptRow, primary: str) -> bool:
     return True
 
 
-def _sealable(obj: Item) -> bool:
-    try:
-        encode_item(obj)
-    except InvalidItemError:
-        return False
-    return True
-
-
 async def _refusal(kind: str, store: SessionStore, keyring: Keyring) -> CommandError:
     """Why the items a maintenance pass cannot open do not open, as one refusal."""
     diagnosis = Diagnosis(keyring)
@@ -107,7 +100,7 @@ async def _refusal(kind: str, store: SessionStore, keyring: Keyring) -> CommandE
         obj = stored[2]
         if _opened_by(kind, obj, keyring.primary_kid):
             diagnosis.open(session_id, stored)
-        elif kind == "encrypt" and not isinstance(obj, CorruptRow) and not _sealable(obj):
+        elif kind == "encrypt" and not isinstance(obj, CorruptRow) and not sealable(obj):
             diagnosis.unsealable(session_id, stored)
     diagnosis.settle()
     causes = "; ".join(diagnosis.causes()) or "some items cannot be opened"

@@ -19,10 +19,10 @@ from .._envelope import (
     looks_sealed,
     open_envelope,
 )
-from .._items import CorruptRow
+from .._items import CorruptRow, Item, encode_item
 from .._keys import SDK_KID, Keyring
 from .._protocol import SessionStore
-from ..errors import DecryptionError, UnknownKeyIdError
+from ..errors import DecryptionError, InvalidItemError, UnknownKeyIdError
 from ._walk import Stored, distinct_items, kid_label
 
 EXIT_KEYS = 3
@@ -88,6 +88,9 @@ class Diagnosis:
             self.findings.append({**place, "problem": f"corrupt-row ({obj.reason})"})
             return None
         if not is_envelope(obj) and not looks_sealed(obj):
+            if not sealable(obj):  # `encmem encrypt` would refuse it: not advised
+                self.unsealable(session_id, stored, counted=True)
+                return None
             self.counts["plaintext"] += 1
             self.findings.append({**place, "problem": "plaintext"})
             return None
@@ -111,9 +114,9 @@ class Diagnosis:
         self._use(opened.kid, session_id).authentic += 1
         return opened
 
-    def unsealable(self, session_id: str, stored: Stored) -> None:
-        """Record a plaintext item that cannot be sealed (a value JSON cannot carry)."""
-        self.items += 1
+    def unsealable(self, session_id: str, stored: Stored, *, counted: bool = False) -> None:
+        """Record a plaintext item that cannot be sealed (it cannot be stored as JSON text)."""
+        self.items += 0 if counted else 1
         self.counts["unsealable"] += 1
         branch, item_id, _ = stored
         place = {"session_id": session_id, "branch_id": branch, "storage_id": item_id}
@@ -204,9 +207,11 @@ class Diagnosis:
                 "seals plaintext items)"
             )
         if count["unsealable"]:
+            one = count["unsealable"] == 1
             phrases.append(
-                f"{plural(count['unsealable'], 'plaintext item')} cannot be sealed (it holds a "
-                "value JSON cannot carry, such as NaN)"
+                f"{plural(count['unsealable'], 'plaintext item')} cannot be sealed: "
+                f"{'it holds' if one else 'they hold'} a value that cannot be stored as JSON "
+                "text, so `encmem encrypt` cannot seal it either (correct or remove such items)"
             )
         if count["corrupt"]:
             one = count["corrupt"] == 1
@@ -229,6 +234,15 @@ class Diagnosis:
         return EXIT_STORE
 
 
+def sealable(obj: Item) -> bool:
+    """Whether a plaintext item can be sealed (encoded as the JSON text a token holds)."""
+    try:
+        encode_item(obj)
+    except InvalidItemError:
+        return False
+    return True
+
+
 def token_authenticates(keyring: Keyring, obj: dict[str, Any], session_id: str) -> bool:
     """Whether the item's token authenticates under the key of its key id (whatever else is
     wrong with the item): the key is right then."""
@@ -249,9 +263,9 @@ def _kid_text(kid: str | None) -> str:
 
 def _key_finding(problem: str, kid: str | None, items: int, use: KeyUse) -> dict[str, Any]:
     return {
-        "session_id": "-",
+        "session_id": None,
         "branch_id": None,
-        "storage_id": "-",
+        "storage_id": None,
         "problem": problem,
         "kid": kid,
         "items": items,

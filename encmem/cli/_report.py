@@ -29,11 +29,14 @@ def safe(text: object) -> str:
     return str(text).translate(_CONTROL)
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    if row[column] is not None:
+        return safe(row[column])
+    return "not checked" if column == "expired" else "-"
+
+
 def _inspect_lines(report: dict[str, Any]) -> list[str]:
-    rows = [
-        [safe(row[c]) if row[c] is not None else "-" for c in _INSPECT_COLUMNS]
-        for row in report["sessions"]
-    ]
+    rows = [[_cell(row, c) for c in _INSPECT_COLUMNS] for row in report["sessions"]]
     for row, session in zip(rows, report["sessions"], strict=True):
         row.append(safe(",".join(f"{k}:{n}" for k, n in session["key_ids"].items())) or "-")
     header = [*_INSPECT_COLUMNS, "key_ids"]
@@ -46,7 +49,8 @@ def _inspect_lines(report: dict[str, Any]) -> list[str]:
     ]
     totals = report["totals"]
     note = "" if report["keys_given"] else " (no keys given: expired/unreadable not checked)"
-    return [*lines, "", f"{totals['sessions']} sessions, {totals['items']} items{note}"]
+    counted = f"{plural(totals['sessions'], 'session')}, {plural(totals['items'], 'item')}"
+    return [*lines, "", f"{counted}{note}"]
 
 
 def _key_problem_line(problem: dict[str, Any]) -> str:
@@ -69,21 +73,27 @@ def _verify_lines(report: dict[str, Any]) -> list[str]:
         if problem["problem"] in ("missing-key", "wrong-key"):
             lines.append(_key_problem_line(problem))
             continue
+        if problem["session_id"] is None:  # about the store, not one item
+            lines.append(safe(problem["problem"]))
+            continue
         branch = f" branch {safe(problem['branch_id'])}" if problem["branch_id"] else ""
         lines.append(
             f"{safe(problem['session_id'])}{branch} storage id {problem['storage_id']}: "
             f"{safe(problem['problem'])}"
         )
+    problems = plural(len(report["problems"]), "problem")
     if report["ok"]:
         verdict = "OK"
     elif not report["keys_ok"]:
         verdict = (
-            f"FAILED: wrong or missing keys, {report['unopened']} items not opened; "
-            f"{len(report['problems'])} problems"
+            f"FAILED: wrong or missing keys, {plural(report['unopened'], 'item')} not opened; "
+            f"{problems}"
         )
     else:
-        verdict = f"FAILED: {len(report['problems'])} problems"
-    return [*lines, f"{verdict} ({report['checked']} items checked)"]
+        verdict = f"FAILED: {problems}"
+    checked, unopened = report["checked"], report["unopened"]
+    opened = f", {checked - unopened} opened" if unopened else ""
+    return [*lines, f"{verdict} ({plural(checked, 'item')} checked{opened})"]
 
 
 def _lines(command: str, report: dict[str, Any]) -> list[str]:
@@ -95,15 +105,19 @@ def _lines(command: str, report: dict[str, Any]) -> list[str]:
         what = {"purge": "deleted", "rotate": "re-sealed", "encrypt": "sealed"}[command]
         prefix = "would have " if report.get("dry_run") else ""
         return [
-            f"{command}: {report['examined']} items in {report['sessions']} sessions examined, "
+            f"{command}: {plural(report['examined'], 'item')} in "
+            f"{plural(report['sessions'], 'session')} examined, "
             f"{prefix}{what} {report['changed']}, unchanged {report['unchanged']}, "
             f"unreadable {report['unreadable']}"
         ]
     if command == "erase":
         removed, shown = report["rows_removed"], safe(repr(report["session_id"]))
         if report.get("finished"):
-            return [f"erase of session {shown} finished: {removed} more rows removed, WAL emptied"]
-        return [f"erased session {shown}: {removed} rows removed, WAL emptied"]
+            return [
+                f"erase of session {shown} finished: {plural(removed, 'more row')} removed, "
+                "WAL emptied"
+            ]
+        return [f"erased session {shown}: {plural(removed, 'row')} removed, WAL emptied"]
     return []
 
 
