@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -12,10 +13,21 @@ from encmem._items import is_valid_session_id
 from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
 from ._identifiers import check_table_name
+from ._pg_url import asyncpg_options
 from ._residue import checkpoint_truncate
 from ._sqlalchemy import SQLAlchemySession
 from ._sqlalchemy_engine import open_engine
 from ._sqlalchemy_schema import missing_tables, tables_with_session_id
+
+
+def _asyncpg_url(url: str, options: dict[str, Any], shown: str) -> str:
+    """``url`` without the libpq parameters asyncpg refuses; ``options`` gets them instead."""
+    parsed = make_url(url)
+    try:
+        removed, options["connect_args"] = asyncpg_options(parsed.query)
+    except ValueError as exc:
+        raise StoreError(f"the URL {shown} cannot be used: {exc}") from None
+    return parsed.difference_update_query(removed).render_as_string(hide_password=False)
 
 
 def _engine(url: str, read_only: bool, shown: str) -> AsyncEngine:
@@ -25,6 +37,8 @@ def _engine(url: str, read_only: bool, shown: str) -> AsyncEngine:
         # Read-only transactions: the server refuses any write this store might attempt.
         options["execution_options"] = {"postgresql_readonly": True}
     try:
+        if url.startswith("postgresql+asyncpg"):
+            url = _asyncpg_url(url, options, shown)
         return open_engine(url, options)
     except ImportError as exc:
         raise StoreError(
@@ -40,7 +54,9 @@ def _engine(url: str, read_only: bool, shown: str) -> AsyncEngine:
         raise StoreError(
             f"the URL {shown} names a database dialect or driver that SQLAlchemy does not know"
         ) from None
-    except (ArgumentError, ValueError) as exc:
+    except ArgumentError as exc:
+        raise StoreError(f"the URL {shown} is malformed ({type(exc).__name__})") from None
+    except ValueError as exc:
         raise StoreError(f"the URL {shown} is malformed ({type(exc).__name__})") from None
 
 

@@ -252,3 +252,25 @@ def test_reads_of_a_store_in_use_always_open(tmp_path: Path) -> None:
                     assert report["totals"]["items"] >= 40
                 else:
                     assert report["ok"] and report["checked"] >= 40
+
+
+# -- 4. libpq parameters in a postgresql:// URL ------------------------------------------------
+
+NO_SERVER = "postgresql://u:s3cret-pw@127.0.0.1:1/db"
+
+
+@pytest.mark.parametrize(
+    "query", ["sslmode=require", "connect_timeout=3", "application_name=x", "sslmode=disable"]
+)
+def test_libpq_parameters_of_a_postgresql_url_reach_the_connection(query: str) -> None:
+    done = run("verify", f"{NO_SERVER}?{query}")
+    assert done.returncode == 4, done.stderr
+    assert "TypeError" not in done.stderr and "unexpected" not in done.stderr
+    assert "server" in done.stderr and "s3cret-pw" not in done.stderr
+
+
+def test_an_unknown_parameter_of_a_postgresql_url_is_a_usage_error() -> None:
+    done = run("inspect", f"{NO_SERVER}?sslrootcert=ca.pem", keys=None)
+    assert done.returncode == 2, done.stderr
+    assert "'sslrootcert'" in done.stderr and "sslmode" in done.stderr
+    assert "s3cret-pw" not in done.stderr

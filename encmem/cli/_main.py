@@ -227,6 +227,7 @@ async def _preflight(
 
 async def _run(args: argparse.Namespace) -> int:
     from ..backends import open_store
+    from ..backends._pg_url import url_parameter_problem
 
     keyring = None
     if args.command != "erase":
@@ -236,6 +237,8 @@ async def _run(args: argparse.Namespace) -> int:
     # A read without locks (a WAL file with no log beside it) of a file a writer changed
     # meanwhile is refused when the store closes; a report not yet printed is made again.
     rereads = 5 if _reads_only(args) and args.command != "export" else 0
+    if (problem := url_parameter_problem(args.db)) is not None:
+        raise CommandError(f"the URL cannot be used: {problem}", commands.EXIT_USAGE)
     while True:
         store = await open_store(
             args.db,
