@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from sqlalchemy import text
@@ -60,6 +61,20 @@ def _engine(url: str, read_only: bool, shown: str) -> AsyncEngine:
         raise StoreError(f"the URL {shown} is malformed ({type(exc).__name__})") from None
 
 
+def _unreachable(exc: BaseException) -> str:
+    """Why a database server could not be reached, in words (never a message that might
+    echo the URL's password)."""
+    if isinstance(exc, socket.gaierror):
+        return "host not found"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
 class SQLAlchemySessionStore:
     """Every session in the session tables of one database URL."""
 
@@ -76,6 +91,7 @@ class SQLAlchemySessionStore:
         self.messages_table = check_table_name(messages_table, "messages_table")
         self.read_only = read_only
         self.engine = _engine(url, read_only, shown)
+        self._shown = shown
         self._sessions: list[SQLAlchemySession] = []
 
     async def check(self) -> SQLAlchemySessionStore:
@@ -84,9 +100,9 @@ class SQLAlchemySessionStore:
             missing = await missing_tables(self.engine, (self.sessions_table, self.messages_table))
         except (SQLAlchemyError, OSError) as exc:
             await self.engine.dispose()
-            raise NotASessionStoreError(
-                f"cannot open the database ({type(exc).__name__}); check the URL and that the "
-                "server is running"
+            raise StoreError(
+                f"cannot connect to {self._shown} ({_unreachable(exc)}); check the URL and that "
+                "the server is running"
             ) from None
         if missing:
             await self.engine.dispose()

@@ -274,3 +274,29 @@ def test_an_unknown_parameter_of_a_postgresql_url_is_a_usage_error() -> None:
     assert done.returncode == 2, done.stderr
     assert "'sslrootcert'" in done.stderr and "sslmode" in done.stderr
     assert "s3cret-pw" not in done.stderr
+
+
+# -- 5. an unreachable server is named as such -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [("127.0.0.1:1", "connection refused"), ("no-such-host.invalid", "host not found")],
+)
+def test_an_unreachable_server_is_named_with_the_reason(host: str, why: str) -> None:
+    done = run("inspect", f"postgresql://u:s3cret-pw@{host}/db", keys=None)
+    assert done.returncode == 4, done.stderr
+    assert f"cannot connect to 'postgresql://u:***@{host}/db' ({why})" in done.stderr
+    assert "s3cret-pw" not in done.stderr
+
+
+def test_open_store_says_a_server_cannot_be_reached_not_that_it_holds_no_store() -> None:
+    import asyncio
+
+    from encmem.backends import open_store
+
+    from encmem.errors import NotASessionStoreError, StoreError
+
+    with pytest.raises(StoreError, match="cannot connect") as raised:
+        asyncio.run(open_store(NO_SERVER, read_only=True))
+    assert not isinstance(raised.value, NotASessionStoreError)
