@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
+import select
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +341,79 @@ def test_verify_with_a_wrong_key_says_how_many_were_opened(tmp_path: Path) -> No
     (wrong,) = problem["problems"]
     assert wrong["problem"] == "wrong-key"
     assert wrong["session_id"] is None and wrong["storage_id"] is None
+
+
+# -- 10. a key file that cannot be read is named -----------------------------------------------
+
+
+def test_a_missing_key_file_is_named_with_control_characters_escaped(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    done = run("verify", str(store), "--key-file", str(tmp_path / "no\x1bsuch"), keys=None)
+    assert done.returncode == 3
+    assert "cannot read the key file '" in done.stderr and "no\\x1bsuch'" in done.stderr
+    assert "\x1b" not in done.stderr and "No such file or directory" in done.stderr
+
+
+# -- 11. Ctrl-C at the erase prompt: nothing was erased, and it says so ----------------------
+
+
+def _interrupt_at_prompt(args: list[str]) -> tuple[int, str]:
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [ENCMEM, *args],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=_environment(None, None),
+    )
+    os.close(follower)
+    seen = b""
+    deadline = time.monotonic() + 60
+    try:
+        while b"to confirm: " not in seen and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 65536)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        while select.select([leader], [], [], 0.2)[0]:
+            seen += os.read(leader, 65536)
+    except OSError:  # the terminal closed with the process
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    return code, seen.decode(errors="replace")
+
+
+def test_ctrl_c_at_the_erase_prompt_says_nothing_was_erased(tmp_path: Path) -> None:
+    store = sealed_store(tmp_path / "good.db")
+    before = rows(store)
+    code, shown = _interrupt_at_prompt(["erase", str(store), "--session", "s0"])
+    assert code == 130, shown
+    assert "(4 items)" in shown and "interrupted; nothing was erased" in shown
+    assert "batch" not in shown and "Traceback" not in shown
+    assert rows(store) == before
+
+
+# -- 17. the key derivation is what formats.md says, byte for byte ---------------------------
+
+
+def test_the_documented_key_derivation_opens_a_stored_item(tmp_path: Path) -> None:
+    import base64
+
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    assert "`len(kid)` as 2 bytes, big-endian" in page
+    store = sealed_store(tmp_path / "good.db", {"s0": 1})
+    (_, session_id, data), *_ = rows(store)
+    kid = b"k1"
+    info = b"encmem.session-key.v2" + len(kid).to_bytes(2, "big") + kid + session_id.encode()
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        base64.urlsafe_b64decode(KEY)
+    )
+    plaintext = Fernet(base64.urlsafe_b64encode(derived)).decrypt(json.loads(data)["payload"])
+    assert b"s0 0" in plaintext

@@ -6,7 +6,9 @@ The report is a dict: printed as JSON with ``--json``, as readable lines otherwi
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,10 +30,12 @@ from ._diagnosis import (
 )
 from ._export import EXIT_USAGE, export_session
 from ._progress import ProgressBar
+from ._report import safe
 from ._walk import distinct_items, iso
 
 EXIT_UNEXPECTED = 5
 EXIT_PENDING = 6
+EXIT_INTERRUPTED = 130
 _TEXT_CONTROLS = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - set("\t\n\r")
 
 
@@ -40,7 +44,9 @@ def _keyring_from_file(path: Path) -> Keyring:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CommandError(f"cannot read the key file: {exc.strerror}", EXIT_KEYS) from None
+        raise CommandError(
+            f"cannot read the key file {safe(repr(str(path)))}: {exc.strerror}", EXIT_KEYS
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -176,12 +182,30 @@ def confirm(session_id: str, items: int, stdin: TextIO = sys.stdin) -> bool:
     """Ask on the terminal; without one, refuse (``--yes`` is the way to say yes)."""
     if not stdin.isatty():
         return False
-    sys.stderr.write(
-        f"Erase every row of session {session_id!r} ({items} items) for good? "
+    prompt = (
+        f"Erase every row of session {session_id!r} ({plural(items, 'item')}) for good? "
         "Type the session id to confirm: "
     )
-    sys.stderr.flush()
-    return stdin.readline().strip() == session_id
+    return _ask(prompt, stdin) == session_id
+
+
+def _ask(prompt: str, stdin: TextIO) -> str:
+    """One line from the terminal; Ctrl-C there stops the command before anything is erased.
+
+    The event loop's own SIGINT handler only cancels the task, which a blocking read never
+    notices: Python's default handler is put back from before the prompt to the answer."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
+    try:
+        sys.stderr.write(prompt)
+        sys.stderr.flush()
+        return stdin.readline().strip()
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        raise CommandError("interrupted; nothing was erased", EXIT_INTERRUPTED) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 async def erase(
