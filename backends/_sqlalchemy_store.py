@@ -149,12 +149,17 @@ class SQLAlchemySessionStore:
         ordered = sorted(tables, key=lambda name: name == self.sessions_table)
         removed = 0
         async with self.engine.begin() as conn:
-            for table in ordered:
+            for table in ordered:  # counted first: cascaded deletes are not in rowcounts
                 check_table_name(table, "table")
                 result = await conn.execute(
+                    text(f"SELECT COUNT(*) FROM {table} WHERE session_id = :sid"),
+                    {"sid": session_id},
+                )
+                removed += int(result.scalar_one())
+            for table in ordered:
+                await conn.execute(
                     text(f"DELETE FROM {table} WHERE session_id = :sid"), {"sid": session_id}
                 )
-                removed += max(result.rowcount or 0, 0)
         if self.engine.dialect.name == "sqlite":
             async with self.engine.connect() as conn:
                 emptied = await conn.run_sync(

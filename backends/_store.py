@@ -225,16 +225,17 @@ class SQLiteSessionStore:
             raise StoreError(f"{self._shown} was opened read-only; nothing was erased")
 
         def delete_rows(conn: sqlite3.Connection) -> int:
-            removed = 0
-            tables = _session_tables(conn)
+            tables = [quote_identifier(t) for t in _session_tables(conn)]
+            # Counted first: rows ON DELETE CASCADE removes are missing from the rowcounts.
+            removed = sum(
+                conn.execute(f"SELECT COUNT(*) FROM {t} WHERE session_id = ?", (session_id,))
+                .fetchone()[0]
+                for t in tables
+            )
             # Children first, so foreign keys never see a dangling parent.
-            for table in sorted(tables, key=lambda t: t == self.sessions_table):
-                cursor = conn.execute(
-                    f"DELETE FROM {quote_identifier(table)} WHERE session_id = ?",
-                    (session_id,),
-                )
-                removed += max(cursor.rowcount, 0)
-            return removed
+            for table in sorted(tables, key=lambda t: t == quote_identifier(self.sessions_table)):
+                conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+            return int(removed)
 
         def erase(conn: sqlite3.Connection) -> tuple[int, bool]:
             removed = connections.immediate(conn, delete_rows)

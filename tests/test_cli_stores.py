@@ -300,3 +300,56 @@ def test_open_store_says_a_server_cannot_be_reached_not_that_it_holds_no_store()
     with pytest.raises(StoreError, match="cannot connect") as raised:
         asyncio.run(open_store(NO_SERVER, read_only=True))
     assert not isinstance(raised.value, NotASessionStoreError)
+
+
+# -- 6. erase counts every row it removes ------------------------------------------------------
+
+
+def _advanced_store(path: Path) -> Path:
+    import asyncio
+
+    from encmem.backends import AdvancedSQLiteSession
+
+    async def fill() -> None:
+        for session_id in ("a", "b"):
+            session = AdvancedSQLiteSession(
+                session_id=session_id, db_path=path, create_tables=True
+            )
+            await session.add_items(
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+            )
+            await session.close()
+
+    asyncio.run(fill())
+    return path
+
+
+def _rows_of(path: Path, session_id: str) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    found = {
+        table: conn.execute(
+            f'SELECT COUNT(*) FROM "{table}" WHERE session_id = ?', (session_id,)
+        ).fetchone()[0]
+        for table in tables
+        if conn.execute(
+            "SELECT 1 FROM pragma_table_info(?) WHERE name = 'session_id'", (table,)
+        ).fetchone()
+    }
+    conn.close()
+    return found
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["file", "sqlalchemy-url"])
+def test_erase_reports_every_row_it_removed_cascaded_ones_too(
+    tmp_path: Path, as_url: bool
+) -> None:
+    path = _advanced_store(tmp_path / "adv.db")
+    rows = _rows_of(path, "a")
+    assert rows["message_structure"] == 2 and sum(rows.values()) == 6, rows
+    target = f"sqlite+aiosqlite:///{path}" if as_url else str(path)
+    done = run("erase", target, "--session", "a", "--yes", "--json", keys=None)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows_removed"] == 6
+    assert sum(_rows_of(path, "a").values()) == 0
+    assert sum(_rows_of(path, "b").values()) == 6
