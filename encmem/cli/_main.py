@@ -43,7 +43,8 @@ inspect, verify, export and every --dry-run only read: they open the store read-
 exit codes:
   0    success
   1    findings: verify found problems, or erase was not confirmed
-  2    usage error, or an export file that exists or cannot be created
+  2    usage error, an export file that exists or cannot be created, or output (stdout
+       or the export file) that cannot be written
   3    key problem: no key, a malformed key, a key id the keys lack, a key that opens none
        of its key id's items, or items that fail authentication (nothing was changed)
   4    store problem: no such file, not a session store, read-only (for a command that
@@ -51,7 +52,7 @@ exit codes:
   5    unexpected error (run with --debug to see the traceback)
   6    erase deleted the rows, but another reader kept the WAL from being emptied: old
        copies of the pages remain until `erase --finish` runs after the readers are done
-  130  interrupted (every finished batch is committed)
+  130  interrupted (purge, rotate, encrypt: every finished batch is committed)
 """
 
 def _store_command(
