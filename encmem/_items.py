@@ -53,6 +53,14 @@ def _first_bad_key(value: Any) -> str | None:
 DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
 
 
+def _kind_of(value: object) -> str:
+    """How a value reads to a person writing JSON: ``null``, ``a list``, ``a set``."""
+    if value is None:
+        return "null"
+    article = "an" if type(value).__name__[0] in "aeiou" else "a"
+    return f"{article} {type(value).__name__}"
+
+
 def encode_item(item: object, index: int = 0, max_bytes: int | None = None) -> str:
     """Return the compact JSON text of one item, or raise InvalidItemError naming ``index``.
 
@@ -60,7 +68,7 @@ def encode_item(item: object, index: int = 0, max_bytes: int | None = None) -> s
     """
     if not isinstance(item, dict):
         raise InvalidItemError(
-            f"item {index} is a {type(item).__name__}, not a JSON object (dict); "
+            f"item {index} is {_kind_of(item)}, not a JSON object (dict); "
             "pass each history item as a dict"
         )
     bad_key = _first_bad_key(item)

@@ -156,7 +156,7 @@ def _add_orphan(path: Path) -> None:
     conn.close()
 
 
-_ONE_UNREACHED = "unreached: 1 stored rows belong to no session or branch the store can read"
+_ONE_UNREACHED = "unreached: 1 stored row belongs to no session or branch the store can read"
 
 
 @pytest.mark.slow

@@ -72,8 +72,8 @@ OK_ITEM = {"role": "user", "content": "fine"}
 #: (label, the add_items argument, expected exception, fragment of its message)
 BAD_ITEMS: list[tuple[str, Any, type[BaseException], str]] = [
     ("str item", ["hello"], InvalidItemError, "item 0 is a str, not a JSON object"),
-    ("int item", [42], InvalidItemError, "item 0 is a int"),
-    ("None item", [None], InvalidItemError, "item 0 is a NoneType"),
+    ("int item", [42], InvalidItemError, "item 0 is an int"),
+    ("None item", [None], InvalidItemError, "item 0 is null, not a JSON object"),
     ("list item", [["role", "user"]], InvalidItemError, "item 0 is a list"),
     ("bytes item", [b'{"role": "user"}'], InvalidItemError, "item 0 is a bytes"),
     ("set value", [{"a": {1, 2}}], InvalidItemError, "item 0 cannot be stored as JSON"),

@@ -21,7 +21,7 @@ from .._keys import Keyring
 from .._protocol import SessionStore
 from .._reading import is_expired
 from ..errors import DecryptionError, TamperedItemError
-from ._diagnosis import EXIT_KEYS, Diagnosis
+from ._diagnosis import EXIT_KEYS, Diagnosis, plural
 from ._walk import all_items, branches, distinct_items, iso, kid_label
 
 EXIT_OK = 0
@@ -148,8 +148,9 @@ async def verify_store(
                 "session_id": None,
                 "branch_id": None,
                 "storage_id": None,
-                "problem": f"unreached: {unreached} stored rows belong to no session or branch "
-                "the store can read",
+                "problem": f"unreached: {plural(unreached, 'stored row')} "
+                f"{'belongs' if unreached == 1 else 'belong'} to no session or branch the store "
+                "can read",
             }
         )
     report = {
