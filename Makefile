@@ -27,9 +27,10 @@ demo: setup-demo
 test: setup-dev
 	bash scripts/run-tests
 
-# The inner loop: everything but the tests marked slow, pg, redis or crash; no servers started.
+# The inner loop: everything but the tests marked slow, pg, redis or crash, no servers, and a
+# quarter of the property tests' examples.
 test-fast: setup-dev
-	bash scripts/run-tests --no-servers -m "not slow and not pg and not redis and not crash"
+	ENCMEM_TEST_EXAMPLE_SCALE=0.25 bash scripts/run-tests --no-servers -m "not slow and not pg and not redis and not crash"
 
 # The suite in a second virtualenv holding the lowest version of every dependency pyproject.toml allows.
 test-min:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from encmem import EncryptedSession, Keyring
 
 from . import stores as _stores  # noqa: F401  (the store registry loads before its members)
+from .budget import examples
 from .conftest import TEST_KEY
 from .stores_advanced import structure_problems
 
@@ -142,7 +143,7 @@ async def run(path: Path, ops: list[tuple[Any, ...]], encrypted: bool) -> None:
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 @settings(
-    max_examples=60,
+    max_examples=examples(60),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

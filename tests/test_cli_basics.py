@@ -47,6 +47,7 @@ def test_demo_runs_offline_and_shows_ciphertext_history_and_expiry(tmp_path: Pat
         assert len(envelope["payload"]) > 100 and "..." not in stored
 
 
+@pytest.mark.slow
 def test_the_demo_leaves_a_store_with_true_seal_times(tmp_path: Path) -> None:
     import base64
     import json

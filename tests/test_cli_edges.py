@@ -307,6 +307,7 @@ def _lock_down(folder: Path) -> None:
     folder.chmod(0o555)
 
 
+@pytest.mark.slow  # the command runs as another user, in a fresh interpreter each time
 @pytest.mark.parametrize("kind", ["good", "wal"])
 def test_a_read_only_store_in_a_read_only_folder_is_audited(
     kind: str, read_only_folder: Path

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from encmem import InvalidItemError
 
+from .budget import examples
 from .stores import Store
 from .strategies import items as any_item
 from .strategies import json_objects
@@ -177,7 +178,9 @@ async def test_concurrent_writers_on_one_session_lose_nothing(store: Store) -> N
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(batch=st.lists(any_item, min_size=1, max_size=4))
 async def test_any_json_object_round_trips_exactly(
@@ -191,7 +194,9 @@ async def test_any_json_object_round_trips_exactly(
 
 
 @settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(item=json_objects)
 async def test_large_and_nested_items_round_trip(store: Store, item: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from encmem import InvalidKeyError, Keyring, generate_key
 from encmem._envelope import open_envelope, seal
 from encmem._keys import fingerprint, parse_key
 
+from .budget import examples
 from .conftest import TEST_KEY
 from .strategies import json_objects
 
@@ -164,7 +165,7 @@ def test_from_env_reads_pairs_primary_first(monkeypatch: pytest.MonkeyPatch) -> 
         Keyring.from_env()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(item=json_objects, sealed_at=st.integers(min_value=0, max_value=2**40))
 def test_seal_then_open_round_trips(item: dict[str, object], sealed_at: int) -> None:
     from encmem._items import encode_item

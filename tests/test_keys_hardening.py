@@ -42,6 +42,8 @@ from encmem import InvalidKeyError, Keyring, generate_key
 from encmem._keys import check_kid, fingerprint, parse_key
 from encmem._token import FernetKey
 
+from .budget import examples
+
 ENCMEM = str(Path(sys.executable).with_name("encmem"))
 KEY, OTHER = generate_key(), generate_key()
 RAW = base64.urlsafe_b64decode(KEY)
@@ -143,7 +145,7 @@ def test_malformed_specs_are_refused_without_the_key(spec: str) -> None:
     assert _leaks(_exception_texts(info.value)) == []
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     pieces=st.lists(
         st.sampled_from(

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from encmem import EncryptedSession, InvalidItemError, ItemTooLargeError
 
+from .budget import examples
 from .conftest import TEST_KEY
 
 MiB = 1024 * 1024
@@ -43,7 +44,7 @@ def stored_rows(path: Path) -> int:
 # -- ttl: whole seconds, never shorter than asked --------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     written=st.floats(1_800_000_000, 1_800_000_100),
     ttl=st.floats(1, 120),

@@ -24,6 +24,7 @@ from encmem import (
 )
 from encmem._envelope import token_timestamp
 
+from .budget import examples
 from .stores import STORES, Store
 from .strategies import items as any_item
 
@@ -62,7 +63,9 @@ def msg(i: int) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(15),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     history=st.lists(any_item, min_size=1, max_size=12),

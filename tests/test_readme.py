@@ -186,6 +186,7 @@ def offline_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a fresh interpreter per block
 @pytest.mark.parametrize(
     "block", [b for b in PYTHON_BLOCKS if b.not_run is None], ids=lambda b: b.where
 )

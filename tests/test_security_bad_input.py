@@ -336,6 +336,7 @@ async def test_a_5_mb_item_round_trips(store: Store, pytestconfig: pytest.Config
     )
 
 
+@pytest.mark.slow  # a hundred thousand levels of nesting, on every store
 @pytest.mark.parametrize("depth", [100_000])
 async def test_deeply_nested_item_is_refused_cleanly(store: Store, depth: int) -> None:
     """Hostile nesting must give InvalidItemError (not RecursionError) and write nothing."""

@@ -26,6 +26,7 @@ from encmem._envelope import CLEAR_FIELDS, Opened, open_envelope, seal
 from encmem._items import encode_item
 from encmem._keys import SDK_KID
 
+from .budget import examples
 from .figures import figure
 from .strategies import json_objects, json_values
 
@@ -33,7 +34,7 @@ SESSION = "fuzz-session"
 KEY = generate_key()
 SDK_KEY = generate_key()
 KEYRING = Keyring({"main": KEY, "old": generate_key()}, primary="main", sdk_keys=[SDK_KEY])
-EXAMPLES = int(os.environ.get("ENCMEM_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("ENCMEM_FUZZ_EXAMPLES", examples(300)))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -269,6 +269,7 @@ async def test_a_seal_time_far_ahead_of_the_clock_is_invalid(kind: str, tmp_path
 # -- popped plaintext does not stay in the cache ----------------------------------------------
 
 
+@pytest.mark.slow  # walks every live object of the interpreter
 @pytest.mark.parametrize("kind", BACKENDS)
 async def test_popped_plaintext_leaves_the_cache(kind: str, tmp_path: Path) -> None:
     session = EncryptedSession(

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from encmem._token import FernetKey
 
+from .budget import examples
+
 RAW = os.urandom(32)
 KEY = FernetKey(RAW)
 FERNET = Fernet(base64.urlsafe_b64encode(RAW))
@@ -24,7 +26,7 @@ def fernet_opens(token: str) -> bytes | None:
         return None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(plaintext=st.binary(max_size=600), sealed_at=st.integers(min_value=0, max_value=2**40))
 def test_every_token_fernet_makes_opens_to_the_same_bytes_and_time(
     plaintext: bytes, sealed_at: int
@@ -34,7 +36,7 @@ def test_every_token_fernet_makes_opens_to_the_same_bytes_and_time(
     assert OTHER.open(token) is None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     plaintext=st.binary(max_size=200),
     position=st.integers(min_value=0),
@@ -53,7 +55,7 @@ def test_an_edited_token_opens_only_if_fernet_would_open_it_identically(
         assert ours is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=st.binary(max_size=400))
 def test_arbitrary_bytes_never_open(data: bytes) -> None:
     token = base64.urlsafe_b64encode(data).decode()
@@ -91,7 +93,7 @@ def test_one_key_opens_correctly_from_many_threads() -> None:
         assert sum(pool.map(check, range(200))) == 200 * len(tokens)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(plaintext=st.binary(max_size=600), sealed_at=st.integers(min_value=0, max_value=2**40))
 def test_tokens_encmem_seals_are_fernet_tokens(plaintext: bytes, sealed_at: int) -> None:
     token = KEY.seal(plaintext, sealed_at)
