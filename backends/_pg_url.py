@@ -11,7 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-_PASSED_ON = ("ssl", "prepared_statement_cache_size", "target_session_attrs")
+_PASSED_ON = (
+    "host",
+    "port",
+    "user",
+    "password",
+    "database",
+    "ssl",
+    "timeout",
+    "command_timeout",
+    "prepared_statement_cache_size",
+    "target_session_attrs",
+)
 """Parameters asyncpg (through SQLAlchemy) takes from the URL as they are."""
 
 _ACCEPTED = (

@@ -260,7 +260,15 @@ NO_SERVER = "postgresql://u:s3cret-pw@127.0.0.1:1/db"
 
 
 @pytest.mark.parametrize(
-    "query", ["sslmode=require", "connect_timeout=3", "application_name=x", "sslmode=disable"]
+    "query",
+    [
+        "sslmode=require",
+        "connect_timeout=3",
+        "application_name=x",
+        "sslmode=disable",
+        "host=127.0.0.1&port=1",  # asyncpg's own, e.g. a unix socket directory as host
+        "command_timeout=5",
+    ],
 )
 def test_libpq_parameters_of_a_postgresql_url_reach_the_connection(query: str) -> None:
     done = run("verify", f"{NO_SERVER}?{query}")
