@@ -55,9 +55,7 @@ def _engine(url: str, read_only: bool, shown: str) -> AsyncEngine:
         raise StoreError(
             f"the URL {shown} names a database dialect or driver that SQLAlchemy does not know"
         ) from None
-    except ArgumentError as exc:
-        raise StoreError(f"the URL {shown} is malformed ({type(exc).__name__})") from None
-    except ValueError as exc:
+    except (ArgumentError, ValueError) as exc:
         raise StoreError(f"the URL {shown} is malformed ({type(exc).__name__})") from None
 
 

@@ -94,7 +94,6 @@ def roll_back_hot_journal(path: Path, busy_timeout: float) -> None:
         conn.close()
 
 
-
 def _error_name(exc: sqlite3.Error) -> str:
     return str(getattr(exc, "sqlite_errorname", ""))
 

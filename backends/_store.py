@@ -38,6 +38,7 @@ _DEFAULT_DRIVERS = {
 }
 """URL schemes without an async driver, and the driver the ``sqlalchemy`` extra installs."""
 
+
 def shown_target(target: str) -> str:
     """A path or URL as the user wrote it, for messages: only a URL's password is masked."""
     return repr(re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", target))

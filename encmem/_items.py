@@ -105,16 +105,6 @@ def encode_items(items: Sequence[object], max_bytes: int | None = None) -> list[
     return [encode_item(item, index, max_bytes) for index, item in enumerate(items)]
 
 
-def check_max_item_bytes(value: object) -> int | None:
-    """Validate ``max_item_bytes``: a positive int, or None for no limit."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(
-            f"max_item_bytes must be a positive int or None for no limit, not {value!r}"
-        )
-    return value
-
 
 class CorruptRow:
     """A stored row that is not one JSON object with unique keys.

@@ -88,3 +88,14 @@ def check_cache_size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("plaintext_cache must be a non-negative int (0 disables it)")
     return value
+
+
+def check_max_item_bytes(value: object) -> int | None:
+    """Validate ``max_item_bytes``: a positive int, or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(
+            f"max_item_bytes must be a positive int or None for no limit, not {value!r}"
+        )
+    return value

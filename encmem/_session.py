@@ -15,11 +15,12 @@ from typing import Any
 from . import _maintenance as maintenance
 from . import _turns as turns
 from ._envelope import Opener, seal
-from ._items import DEFAULT_MAX_ITEM_BYTES, Item, check_max_item_bytes, encode_items
+from ._items import DEFAULT_MAX_ITEM_BYTES, Item, encode_items
 from ._keys import KeyInput, Keyring, as_keyring
 from ._options import (
     HISTORY_METHODS,
     check_cache_size,
+    check_max_item_bytes,
     check_max_scan_items,
     check_on_invalid,
     check_underlying,

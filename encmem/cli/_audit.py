@@ -22,7 +22,7 @@ from .._protocol import SessionStore
 from .._reading import is_expired
 from ..errors import DecryptionError, TamperedItemError
 from ._diagnosis import EXIT_KEYS, Diagnosis, plural
-from ._walk import all_items, branches, distinct_items, iso, kid_label
+from ._walk import all_items, branches, distinct_items, iso, kid_label, once_each
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -77,13 +77,10 @@ async def _inspect_session(
     kids: Counter[str] = Counter()
     tally = Counter({"items": 0, "plaintext": 0, "sdk_v1": 0, "expired": 0, "unreadable": 0})
     times: list[int] = []
-    seen: set[int] = set()
-    for _, item_id, obj in await all_items(session):
-        if item_id not in seen:
-            seen.add(item_id)
-            sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids)
-            if sealed_at is not None:
-                times.append(sealed_at)
+    for _, _, obj in once_each(await all_items(session, found)):
+        sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids)
+        if sealed_at is not None:
+            times.append(sealed_at)
     return {
         "session_id": session_id,
         **tally,

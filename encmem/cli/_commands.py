@@ -152,21 +152,27 @@ async def run_maintenance(
     dry_run: bool,
     skip_unreadable: bool,
     batch_size: int,
+    prechecked: bool = False,
 ) -> tuple[int, dict[str, Any]]:
-    """purge / rotate / encrypt: a dry pass first, so a wrong key changes nothing."""
+    """purge / rotate / encrypt: a dry pass first, so a wrong key changes nothing.
+
+    ``prechecked``: that dry pass already ran and passed (on the store opened read-only
+    before this one was opened to write), so it is not made again.
+    """
     jobs = {
         "rotate": maintenance.rotate_store,
         "encrypt": maintenance.encrypt_store,
         "purge": maintenance.purge_store,
     }
     job: Any = jobs[kind]
-    await check_primary_key(store, keyring)
     args: tuple[Any, ...] = (store, keyring) if kind != "purge" else (store, keyring, ttl)
-    preview = await job(*args, batch_size=batch_size, dry_run=True)
-    if preview["unreadable"] and not skip_unreadable:
-        raise await _refusal(kind, store, keyring)
-    if dry_run:
-        return EXIT_OK, preview
+    if not prechecked:
+        await check_primary_key(store, keyring)
+        preview = await job(*args, batch_size=batch_size, dry_run=True)
+        if preview["unreadable"] and not skip_unreadable:
+            raise await _refusal(kind, store, keyring)
+        if dry_run:
+            return EXIT_OK, preview
     bar = ProgressBar(kind)
     try:
         result = await job(*args, batch_size=batch_size, progress=bar)

@@ -202,6 +202,8 @@ async def _dispatch(
         dry_run=args.dry_run,
         skip_unreadable=args.skip_unreadable,
         batch_size=args.batch_size,
+        # A store opened to write had its dry pass in _preflight, on the read-only probe.
+        prechecked=not args.dry_run,
     )
 
 

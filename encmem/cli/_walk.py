@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import datetime, timezone
 
 from .._envelope import shown
@@ -36,11 +36,14 @@ async def branches(session: StoreSession) -> list[str | None]:
     return [str(branch["branch_id"]) for branch in await caps.branching.list_branches()]
 
 
-async def all_items(session: StoreSession) -> list[Stored]:
-    """(branch, storage id, stored object) of every item, oldest first per branch."""
+async def all_items(
+    session: StoreSession, of_branches: list[str | None] | None = None
+) -> list[Stored]:
+    """(branch, storage id, stored object) of every item, oldest first per branch (of the
+    given ``of_branches``, when the caller listed them already)."""
     caps = Capabilities.of(session)
     found: list[Stored] = []
-    for branch in await branches(session):
+    for branch in of_branches if of_branches is not None else await branches(session):
         if branch is not None and caps.branch_addressing is not None:
             stored = await caps.branch_addressing.get_stored_items(None, branch_id=branch)
         else:
@@ -49,12 +52,17 @@ async def all_items(session: StoreSession) -> list[Stored]:
     return found
 
 
+def once_each(found: Iterable[Stored]) -> Iterator[Stored]:
+    """Each stored item once: an item shared by branches is met on its first branch."""
+    seen: set[int] = set()
+    for stored in found:
+        if stored[1] not in seen:
+            seen.add(stored[1])
+            yield stored
+
+
 async def distinct_items(store: SessionStore) -> AsyncIterator[tuple[str, Stored]]:
-    """(session id, stored item) of every item of the store, once each (an item shared by
-    branches is met on its first branch)."""
+    """(session id, stored item) of every item of the store, once each."""
     for session_id in await store.session_ids():
-        seen: set[int] = set()
-        for stored in await all_items(store.session(session_id)):
-            if stored[1] not in seen:
-                seen.add(stored[1])
-                yield session_id, stored
+        for stored in once_each(await all_items(store.session(session_id))):
+            yield session_id, stored
