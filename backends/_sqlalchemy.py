@@ -2,8 +2,9 @@
 
 Same constructor, ``from_url`` and schema as the Agents SDK's ``SQLAlchemySession``, so a
 database written by the SDK opens here unchanged. On top of it: ``await session.close()``,
-``aclose()`` and ``async with`` (an engine made by ``from_url`` is disposed, a caller's engine
-is left alone), order by insertion id, safe concurrent first use (table creation and
+``aclose()`` and ``async with`` (sessions made by ``from_url`` for one URL share one engine,
+disposed when the last of them closes; a caller's engine is left alone), order by insertion
+id, safe concurrent first use (table creation and
 session-row creation), validated table names, limits and items, the item-addressing
 capability, and an ``add_items`` that costs one transaction: one session upsert plus one
 batched insert.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -29,9 +30,17 @@ from encmem.errors import MissingTablesError, SessionClosedError
 
 from ._identifiers import check_table_name
 from ._rows import decode_rows, plain_item, plain_items
-from ._sqlalchemy_engine import check_async_engine, engine_state, open_engine
+from ._sqlalchemy_engine import (
+    acquire_engine,
+    check_async_engine,
+    engine_state,
+    release_engine,
+    release_unused_engine,
+)
 from ._sqlalchemy_schema import SessionTables, create_tables, missing_tables
 from ._sqlalchemy_statements import SessionStatements
+
+_Session = TypeVar("_Session", bound="SQLAlchemySession")
 
 
 class SQLAlchemySession:
@@ -65,20 +74,24 @@ class SQLAlchemySession:
 
     @classmethod
     def from_url(
-        cls,
+        cls: type[_Session],
         session_id: str,
         *,
         url: str,
         engine_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> SQLAlchemySession:
-        """A session on a new engine for ``url``; ``close()`` disposes that engine."""
-        engine = open_engine(url, engine_kwargs)
+    ) -> _Session:
+        """A session on the process's shared engine for ``url`` and ``engine_kwargs``.
+
+        Sessions made this way for one URL and options share one pool (per event loop);
+        it is disposed when the last of them closes.
+        """
+        engine = acquire_engine(url, engine_kwargs)
         try:
             session = cls(session_id, engine=engine, **kwargs)
         except BaseException:
-            # No connection was opened yet; dropping the pool is all there is to undo.
-            engine.sync_engine.dispose(close=False)
+            # No connection was opened for this session; give its share back.
+            release_unused_engine(engine)
             raise
         session._owns_engine = True
         return session
@@ -101,12 +114,12 @@ class SQLAlchemySession:
             )
 
     async def close(self) -> None:
-        """Close the session; dispose the engine if ``from_url`` made it. Idempotent."""
+        """Close the session; the last ``from_url`` session of an engine disposes it. Idempotent."""
         if self._closed:
             return
         self._closed = True
         if self._owns_engine:
-            await self._engine.dispose()
+            await release_engine(self._engine)
 
     async def aclose(self) -> None:
         """The same as ``close()``."""

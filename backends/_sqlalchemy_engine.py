@@ -4,18 +4,23 @@ Everything sessions on one engine have in common lives in its :class:`EngineStat
 schemas already known to be ready, the asyncio locks, and whether reads or writes must take
 turns in-process. A SQLite engine gets its connections configured as the embedded backends
 configure theirs: enforced foreign keys, wiped deletes, WAL and a patient busy wait.
+
+Engines made by ``from_url`` are shared: one per (URL, engine options, event loop) in a
+process, counted by the sessions using it and disposed when the last of them closes, so a
+thousand sessions on one database hold one pool, not a thousand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, SingletonThreadPool, StaticPool
@@ -110,3 +115,104 @@ def engine_state(engine: AsyncEngine) -> EngineState:
         state = EngineState(engine)
         _STATES[engine.sync_engine] = state
     return state
+
+
+# -- engines shared by from_url -----------------------------------------------------------------
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable stand-in for an engine option; unhashable objects count by identity."""
+    if isinstance(value, Mapping):
+        return ("map", tuple(sorted((repr(k), _frozen(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return ("seq", tuple(_frozen(v) for v in value))
+    if isinstance(value, (set, frozenset)):
+        return ("set", tuple(sorted(repr(_frozen(v)) for v in value)))
+    if isinstance(value, Hashable):
+        try:
+            hash(value)
+            return value
+        except TypeError:  # a tuple-like holding something unhashable
+            pass
+    return ("id", id(value))  # the entry keeps the options, so the id stays unique
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _SharedEngine:
+    """One shared engine, the loop its connections belong to, and how many sessions use it."""
+
+    def __init__(
+        self, engine: AsyncEngine, loop: asyncio.AbstractEventLoop | None, options: object
+    ) -> None:
+        self.engine = engine
+        self.loop = None if loop is None else weakref.ref(loop)
+        self.options = options
+        self.users = 0
+
+    def serves(self, loop: asyncio.AbstractEventLoop | None) -> bool:
+        return (None if self.loop is None else self.loop()) is loop
+
+
+_SHARED: dict[Hashable, _SharedEngine] = {}
+_SHARED_BY_ENGINE: dict[int, Hashable] = {}
+_SHARED_LOCK = threading.Lock()  # sessions may be made from several threads' loops
+
+
+def acquire_engine(url: str | URL, engine_kwargs: Mapping[str, Any] | None = None) -> AsyncEngine:
+    """The process's engine for ``url`` and these options on this event loop, one more user.
+
+    Connections belong to the event loop that opened them, so each loop gets its own engine.
+    """
+    options = dict(engine_kwargs or {})
+    loop = _running_loop()
+    rendered = make_url(url).render_as_string(hide_password=False)
+    key = (rendered, _frozen(options), id(loop))
+    with _SHARED_LOCK:
+        entry = _SHARED.get(key)
+        if entry is None or not entry.serves(loop):
+            # New, or left by a loop that is gone (its id reused): start afresh.
+            entry = _SharedEngine(open_engine(rendered, options), loop, options)
+            _SHARED[key] = entry
+            _SHARED_BY_ENGINE[id(entry.engine)] = key
+        entry.users += 1
+        return entry.engine
+
+
+def _release(engine: AsyncEngine) -> bool:
+    """One user fewer; True when that was the last one (the engine is then unshared)."""
+    with _SHARED_LOCK:
+        key = _SHARED_BY_ENGINE.get(id(engine))
+        entry = None if key is None else _SHARED.get(key)
+        if entry is None or entry.engine is not engine:
+            return True  # not shared (or already released): its owner disposes it
+        entry.users -= 1
+        if entry.users > 0:
+            return False
+        del _SHARED[key], _SHARED_BY_ENGINE[id(engine)]
+        return True
+
+
+async def release_engine(engine: AsyncEngine) -> None:
+    """Give back an engine from :func:`acquire_engine`; the last user disposes it."""
+    if _release(engine):
+        await engine.dispose()
+
+
+def release_unused_engine(engine: AsyncEngine) -> None:
+    """Give back an engine no connection was opened through (a constructor failed)."""
+    if _release(engine):
+        engine.sync_engine.dispose(close=False)
+
+
+def shared_engine_users(engine: AsyncEngine) -> int:
+    """How many sessions share ``engine`` through ``from_url`` (0 when it is not shared)."""
+    with _SHARED_LOCK:
+        key = _SHARED_BY_ENGINE.get(id(engine))
+        entry = None if key is None else _SHARED.get(key)
+        return entry.users if entry is not None and entry.engine is engine else 0
