@@ -1,0 +1,369 @@
+"""AdvancedSQLAlchemySession: branches, turns and token usage on any SQLAlchemy async engine.
+
+The whole :class:`~encmem.backends.AdvancedSQLiteSession` API, return shapes and schema
+(``message_structure``, ``turn_usage``, ``session_branches`` and their indexes) on top of
+:class:`~encmem.backends.SQLAlchemySession`, for PostgreSQL (asyncpg) and SQLite (aiosqlite).
+Like AdvancedSQLiteSession it classifies items by the fields an envelope carries in the clear,
+so under :class:`encmem.EncryptedSession` every feature gives the answers it gives plain.
+
+Writes are one transaction each (:meth:`AdvancedSQLAlchemySession._write`), taken after the
+session's writer lock: the session-row upsert for ``add_items`` (as SQLAlchemySession does),
+a row lock or SQLite's writer lock otherwise. PostgreSQL may still ask for a transaction to be
+run again (a serialization failure under a stricter isolation level, a deadlock); that happens
+inside, a few times, and never reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from encmem import _turns as turns
+from encmem._items import Item
+from encmem._protocol import StoredItem, TurnRow
+from encmem._settings import SessionSettings, resolve_limit
+from encmem.errors import BranchError, MissingTablesError
+
+from . import _advanced_items as advanced_items
+from . import _advanced_sqlalchemy_analytics as analytics
+from . import _sqlalchemy_schema as base_schema
+from ._advanced_queries import MAIN
+from ._advanced_schema import BRANCHES
+from ._advanced_sqlalchemy_queries import AdvancedQueries
+from ._advanced_sqlalchemy_schema import AdvancedTables, create_advanced_tables
+from ._advanced_sqlite import _check_branch_id
+from ._rows import plain_item, plain_items
+from ._sqlalchemy import SQLAlchemySession
+
+__all__ = ["AdvancedSQLAlchemySession"]
+
+_module_logger = logging.getLogger("encmem.backends.advanced_sqlalchemy")
+
+T = TypeVar("T")
+
+#: SQLSTATEs after which PostgreSQL expects the transaction to be run again
+_RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_ATTEMPTS = 10
+#: marks the advanced tables as ready in the engine's shared state
+_ADVANCED = "+advanced"
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RETRYABLE
+
+
+class AdvancedSQLAlchemySession(SQLAlchemySession):
+    """SQLAlchemy history with conversation branches, turn structure and per-turn token usage."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        engine: AsyncEngine,
+        create_tables: bool = False,
+        sessions_table: str = "agent_sessions",
+        messages_table: str = "agent_messages",
+        session_settings: SessionSettings | dict[str, Any] | None = None,
+        ensure_ascii: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(
+            session_id,
+            engine=engine,
+            create_tables=create_tables,
+            sessions_table=sessions_table,
+            messages_table=messages_table,
+            session_settings=session_settings,
+            ensure_ascii=ensure_ascii,
+        )
+        self._advanced = AdvancedTables(self._tables, engine.dialect)
+        self._q = AdvancedQueries(self._advanced, session_id)
+        self._logger = logger if logger is not None else _module_logger
+        self._branch = MAIN
+
+    @property
+    def current_branch_id(self) -> str:
+        """The branch that reads, writes and pops use by default."""
+        return self._branch
+
+    @property
+    def _current_branch_id(self) -> str:
+        # The Agents SDK's name for it, kept for code written against the SDK.
+        return self._branch
+
+    def _target(self, branch_id: str | None) -> str:
+        return self._branch if branch_id is None else _check_branch_id(branch_id)
+
+    # -- schema and transactions ----------------------------------------------------------
+
+    async def _ensure_ready(self) -> None:
+        """Create or check every table once per engine (under a lock, so once, not racing)."""
+        self._check_open()
+        key = (self.sessions_table, self.messages_table + _ADVANCED)
+        state = self._state
+        if key in state.ready:
+            return
+        async with state.lock("schema"):
+            if key in state.ready:
+                return
+            if self._create_tables:
+                await base_schema.create_tables(self._engine, self._tables)
+                await create_advanced_tables(self._engine, self._advanced)
+            else:
+                await self._require_advanced_tables()
+            state.ready.update((self._tables.names, key))
+
+    async def _require_advanced_tables(self) -> None:
+        """Refuse a database without the tables; add the branch table an SDK database lacks."""
+        engine = self._engine
+        missing = await base_schema.missing_tables(engine, self._advanced.required())
+        if missing:
+            raise MissingTablesError(
+                f"table(s) {', '.join(missing)} missing from the database and "
+                f"{type(self).__name__} was made with create_tables=False; pass "
+                "create_tables=True to create them, or create them with your migrations",
+                tables=missing,
+            )
+        if await base_schema.missing_tables(engine, (BRANCHES,)):
+            await create_advanced_tables(engine, self._advanced)
+
+    async def _write(
+        self, operation: Callable[[AsyncConnection], Awaitable[T]], *, upsert: bool = False
+    ) -> T:
+        """Run ``operation`` in one write transaction, after taking the session's writer lock.
+
+        ``upsert`` takes the lock by creating or touching the session row (writes that add
+        items); otherwise an existing row is locked. Retried when PostgreSQL asks for it.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self._transaction(write=True) as conn:
+                    if upsert:
+                        await self._sql.touch_session(conn, self.session_id)
+                    else:
+                        await self._q.claim(conn)
+                    return await operation(conn)
+            except DBAPIError as exc:
+                if attempt == _ATTEMPTS or not _retryable(exc):
+                    raise
+                self._logger.debug("transaction of %r run again (%s)", self.session_id, attempt)
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _read(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        async with self._transaction(write=False) as conn:
+            return await operation(conn)
+
+    # -- the Session protocol -------------------------------------------------------------
+
+    async def add_items(self, items: list[Item]) -> None:
+        """Append items to the current branch: messages and structure rows in one transaction."""
+        texts = self._encode(items)
+        self._check_open()
+        if not texts:
+            return
+        stored, branch, q = list(items), self._branch, self._q
+
+        async def add(conn: AsyncConnection) -> None:
+            await q.require_writable_branch(conn, branch)
+            ids = await q.insert_messages(conn, texts)
+            await q.insert_structure(conn, branch, ids, stored)
+
+        await self._write(add, upsert=True)
+
+    async def get_items(self, limit: int | None = None, branch_id: str | None = None) -> list[Item]:
+        """Items of the current branch (or ``branch_id``), oldest first; the newest ``limit``."""
+        return plain_items(self.session_id, await self.get_stored_items(limit, branch_id=branch_id))
+
+    async def pop_item(self) -> Item | None:
+        """Remove and return the newest item of the current branch (None when it is empty)."""
+        branch, q = self._branch, self._q
+        return await self._write(lambda conn: q.pop_newest(conn, branch))
+
+    async def clear_session(self) -> None:
+        """Delete every item, branch and usage row of the session; back on ``main``."""
+        await self._write(self._q.clear)
+        self._branch = MAIN
+
+    # -- item addressing (current branch unless told) -------------------------------------
+
+    async def get_stored_items(
+        self,
+        limit: int | None = None,
+        *,
+        before_id: int | None = None,
+        branch_id: str | None = None,
+    ) -> list[StoredItem]:
+        """The newest ``limit`` items of the branch older than ``before_id``, oldest first."""
+        effective = resolve_limit(limit, self.session_settings)
+        if before_id is not None and (
+            isinstance(before_id, bool) or not isinstance(before_id, int)
+        ):
+            raise TypeError(f"before_id must be an int or None, not {type(before_id).__name__}")
+        branch, q = self._target(branch_id), self._q
+        self._check_open()
+        if effective == 0:
+            return []
+        return await self._read(lambda conn: q.select_tail(conn, branch, effective, before_id))
+
+    async def delete_stored_items(self, ids: Sequence[int], *, branch_id: str | None = None) -> int:
+        """Remove items from the current branch (or ``branch_id``); a message no branch uses
+        any more goes too."""
+        wanted = [int(i) for i in ids]
+        branch, q = self._target(branch_id), self._q
+        self._check_open()
+        if not wanted:
+            return 0
+        return await self._write(lambda conn: q.delete_items(conn, branch, wanted))
+
+    async def replace_stored_items(self, replacements: Mapping[int, Item]) -> int:
+        """Overwrite items in place (every branch sharing them sees the new text)."""
+        ids = [int(item_id) for item_id in replacements]
+        pairs = list(zip(ids, self._encode(list(replacements.values())), strict=True))
+        self._check_open()
+        if not pairs:
+            return 0
+        return await self._write(lambda conn: self._sql.replace_ids(conn, self.session_id, pairs))
+
+    async def get_user_turn_items(self, branch_id: str | None = None) -> list[TurnRow]:
+        """Every user turn of the branch with its user item as stored, in turn order."""
+        branch, q = self._target(branch_id), self._q
+        return await self._read(lambda conn: analytics.user_turn_rows(conn, q, branch))
+
+    # -- content-aware queries (shared with EncryptedSession through encmem._turns) --------
+
+    def _plain_turns(self, rows: list[TurnRow]) -> list[tuple[TurnRow, Item]]:
+        return [(row, plain_item(self.session_id, row.message_id, row.item)) for row in rows]
+
+    async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:
+        """User turns with a 100-character preview, for choosing where to branch."""
+        rows = await self.get_user_turn_items(branch_id)
+        return turns.conversation_turns(self._plain_turns(rows))
+
+    async def find_turns_by_content(
+        self, search_term: str, branch_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """User turns whose text contains ``search_term`` (literal, case-insensitive)."""
+        rows = await self.get_user_turn_items(branch_id)
+        return turns.find_turns(self._plain_turns(rows), search_term)
+
+    async def create_branch_from_content(
+        self, search_term: str, branch_name: str | None = None
+    ) -> str:
+        """Branch from the first user turn of the current branch containing ``search_term``."""
+        found = await self.find_turns_by_content(search_term)
+        turn = turns.first_matching_turn(found, search_term)
+        return await self.create_branch_from_turn(turn, branch_name)
+
+    # -- branches -------------------------------------------------------------------------
+
+    async def create_branch_from_turn(
+        self, turn_number: int, branch_name: str | None = None
+    ) -> str:
+        """Branch before user turn ``turn_number`` of the current branch and switch to it.
+
+        The new branch holds the turns before ``turn_number`` (none for turn 1: an empty
+        branch, listed and switchable). Returns its id, ``branch_name`` or a generated one.
+        """
+        if isinstance(turn_number, bool) or not isinstance(turn_number, int):
+            raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
+        if branch_name is not None:
+            _check_branch_id(branch_name, "branch_name")
+        source, q = self._branch, self._q
+        created = await self._write(
+            lambda conn: q.create_branch(conn, source, turn_number, branch_name)
+        )
+        self._branch = created
+        self._logger.debug("created branch %r from turn %d of %r", created, turn_number, source)
+        return created
+
+    async def switch_to_branch(self, branch_id: str) -> None:
+        """Make ``branch_id`` the current branch; ValueError if it does not exist."""
+        _check_branch_id(branch_id)
+        q = self._q
+        state = await self._read(lambda conn: q.branch_state(conn, branch_id))
+        if state != "live":
+            raise BranchError(
+                f"branch {branch_id!r} does not exist; list_branches() shows the branches"
+            )
+        self._branch = branch_id
+
+    async def delete_branch(self, branch_id: str, force: bool = False) -> None:
+        """Delete a branch (never ``main``; the current one only with ``force``, then on main)."""
+        _check_branch_id(branch_id)
+        if branch_id == MAIN:
+            raise BranchError("the 'main' branch cannot be deleted; use clear_session()")
+        current = branch_id == self._branch
+        if current and not force:
+            raise BranchError(
+                f"{branch_id!r} is the current branch; switch_to_branch() to another first, "
+                "or pass force=True to delete it and go back to 'main'"
+            )
+        q = self._q
+        rows, usage = await self._write(lambda conn: q.delete_branch(conn, branch_id))
+        if current:
+            self._branch = MAIN
+        self._logger.info(
+            "deleted branch %r (%d structure rows, %d usage rows)", branch_id, rows, usage
+        )
+
+    async def list_branches(self) -> list[dict[str, Any]]:
+        """Every live branch: id, message count, user turns, is_current, created_at."""
+        current, q = self._branch, self._q
+        return await self._read(lambda conn: q.list_branches(conn, current))
+
+    # -- structure and usage --------------------------------------------------------------
+
+    async def get_conversation_by_turns(
+        self, branch_id: str | None = None
+    ) -> dict[int, list[dict[str, str | None]]]:
+        """``{turn: [{"type", "tool_name"}, ...]}`` for the branch, in order."""
+        branch, q = self._target(branch_id), self._q
+        return await self._read(lambda conn: analytics.conversation_by_turns(conn, q, branch))
+
+    async def get_tool_usage(self, branch_id: str | None = None) -> list[tuple[str, int, int]]:
+        """``[(tool_name, count, turn), ...]`` for the branch, by turn."""
+        branch, q = self._target(branch_id), self._q
+        return await self._read(lambda conn: analytics.tool_usage(conn, q, branch))
+
+    async def store_run_usage(self, result: Any) -> None:
+        """Add a run's token usage to the current turn of the current branch.
+
+        Reads ``result.context_wrapper.usage``. Calling it twice for one turn adds up; on an
+        empty branch nothing is recorded. Failures raise (nothing is swallowed).
+        """
+        try:
+            usage = result.context_wrapper.usage
+        except AttributeError:
+            raise TypeError(
+                "store_run_usage takes the result of Runner.run (it reads "
+                "result.context_wrapper.usage)"
+            ) from None
+        if usage is None:
+            return
+        numbers = advanced_items.usage_numbers(usage)
+        branch, q = self._branch, self._q
+        turn = await self._write(lambda conn: analytics.store_usage(conn, q, branch, numbers))
+        if turn is None:
+            self._logger.debug("no usage stored: branch %r has no items yet", branch)
+
+    async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
+        """Usage summed over every branch (or ``branch_id``); None when nothing was stored."""
+        branch = None if branch_id is None else _check_branch_id(branch_id)
+        q = self._q
+        return await self._read(lambda conn: analytics.session_usage(conn, q, branch))
+
+    async def get_turn_usage(
+        self, user_turn_number: int | None = None, branch_id: str | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """One turn's usage as a dict ({} if none), or every turn's as a list."""
+        branch, q = self._target(branch_id), self._q
+        return await self._read(
+            lambda conn: analytics.turn_usage(conn, q, branch, user_turn_number)
+        )
