@@ -19,6 +19,7 @@ from encmem._protocol import StoredItem
 from encmem.errors import BranchError
 
 from . import _advanced_items as items
+from . import _heads as heads
 from ._advanced_schema import BRANCHES, STRUCTURE, USAGE
 from ._rows import decode_rows, plain_item
 
@@ -114,6 +115,19 @@ def create_branch(
     return target
 
 
+def turn_item(conn: sqlite3.Connection, scope: Scope, branch: str, turn: int) -> Item | CorruptRow:
+    """The stored user item that starts user turn ``turn`` of ``branch``."""
+    row = conn.execute(
+        f"""SELECT CAST(m.message_data AS BLOB) FROM {STRUCTURE} s JOIN {scope.messages} m
+                ON m.id = s.message_id AND m.session_id = s.session_id
+            WHERE s.session_id = ? AND s.branch_id = ? AND s.branch_turn_number = ?
+                AND s.message_type = 'user'
+            ORDER BY s.sequence_number LIMIT 1""",
+        (scope.session_id, branch, turn),
+    ).fetchone()
+    return CorruptRow("its message row is missing") if row is None else decode_stored(row[0])
+
+
 def delete_branch(conn: sqlite3.Connection, scope: Scope, branch: str) -> tuple[int, int]:
     """Drop a branch's rows, usage and now-unused messages; keep its name reserved."""
     if branch_state(conn, scope, branch) != "live":
@@ -134,6 +148,7 @@ def delete_branch(conn: sqlite3.Connection, scope: Scope, branch: str) -> tuple[
         "WHERE session_id = ? AND branch_id = ?",
         (scope.session_id, branch),
     )
+    heads.store(conn, scope.messages, scope.session_id, branch, None)
     return len(message_ids), usage
 
 
@@ -316,5 +331,6 @@ def replace_items(conn: sqlite3.Connection, scope: Scope, rows: Sequence[tuple[s
 
 def clear(conn: sqlite3.Connection, scope: Scope) -> None:
     """Delete everything of the session: usage, structure, branches, messages, session row."""
+    heads.clear(conn, scope.messages, scope.session_id)
     for table in (USAGE, STRUCTURE, BRANCHES, scope.messages, scope.sessions):
         conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (scope.session_id,))

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from encmem import _turns as turns
-from encmem._items import Item, encode_item, encode_items
-from encmem._protocol import StoredItem, TurnRow
+from encmem._items import CorruptRow, Item, encode_items
+from encmem._protocol import ForkHead, StoredItem, TurnRow
 from encmem._settings import SessionSettings, resolve_limit
 from encmem.errors import BranchError, MissingTablesError
 
@@ -28,6 +28,7 @@ from . import _advanced_analytics as analytics
 from . import _advanced_items as advanced_items
 from . import _advanced_queries as queries
 from . import _advanced_schema as schema
+from . import _heads as heads
 from . import _sqlite_connection as connections
 from ._advanced_queries import MAIN, Scope
 from ._rows import plain_item, plain_items
@@ -123,14 +124,16 @@ class AdvancedSQLiteSession(SQLiteSession):
         self._check_open()
         if not texts:
             return
-        stored, scope, branch = list(items), self._scope, self._branch
+        stored, branch = list(items), self._branch
+        await self._write(lambda conn: self._append(conn, branch, stored, texts))
 
-        def add(conn: sqlite3.Connection) -> None:
-            ids = self._insert(conn, texts)
-            queries.require_writable_branch(conn, scope, branch)
-            queries.insert_structure(conn, scope, branch, ids, stored)
-
-        await self._write(add)
+    def _append(
+        self, conn: sqlite3.Connection, branch: str, items: Sequence[Item], texts: Sequence[str]
+    ) -> None:
+        """Messages and their structure rows at the end of ``branch`` (caller's transaction)."""
+        ids = self._insert(conn, texts)
+        queries.require_writable_branch(conn, self._scope, branch)
+        queries.insert_structure(conn, self._scope, branch, ids, items)
 
     async def get_items(self, limit: int | None = None, branch_id: str | None = None) -> list[Item]:
         """Items of the current branch (or ``branch_id``), oldest first; the newest ``limit``."""
@@ -150,6 +153,27 @@ class AdvancedSQLiteSession(SQLiteSession):
         await self._wipe_residue()
 
     # -- item addressing (current branch unless told) -------------------------------------
+
+    def _current_branch(self) -> str:
+        return self._branch
+
+    def _head_branch(self, branch_id: str | None) -> str:
+        return self._target(branch_id)
+
+    def _branch_tail(
+        self, conn: sqlite3.Connection, branch: str, limit: int | None
+    ) -> list[StoredItem]:
+        return queries.select_tail(conn, self._scope, branch, limit)
+
+    def _newest(self, conn: sqlite3.Connection, branch: str) -> Item | CorruptRow | None:
+        rows = queries.select_tail(conn, self._scope, branch, 1)
+        return rows[0].item if rows else None
+
+    def _delete_ids(self, conn: sqlite3.Connection, branch: str, ids: Sequence[int]) -> int:
+        return queries.delete_items(conn, self._scope, branch, ids)
+
+    def _replace_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[str, int]]) -> int:
+        return queries.replace_items(conn, self._scope, rows)
 
     async def get_stored_items(
         self,
@@ -175,22 +199,16 @@ class AdvancedSQLiteSession(SQLiteSession):
         wanted = [int(i) for i in ids]
         if not wanted:
             return 0
-        scope, branch = self._scope, self._target(branch_id)
-        deleted: int = await self._write(
-            lambda conn: queries.delete_items(conn, scope, branch, wanted)
-        )
+        branch = self._target(branch_id)
+        deleted: int = await self._write(lambda conn: self._delete_ids(conn, branch, wanted))
         return deleted
 
     async def replace_stored_items(self, replacements: Mapping[int, Item]) -> int:
         """Overwrite items in place (every branch sharing them sees the new text)."""
-        rows = [
-            (encode_item(item, index), int(item_id))
-            for index, (item_id, item) in enumerate(replacements.items())
-        ]
+        rows = self._replacement_rows(replacements)
         if not rows:
             return 0
-        scope = self._scope
-        replaced: int = await self._write(lambda conn: queries.replace_items(conn, scope, rows))
+        replaced: int = await self._write(lambda conn: self._replace_rows(conn, rows))
         return replaced
 
     async def get_user_turn_items(self, branch_id: str | None = None) -> list[TurnRow]:
@@ -229,21 +247,32 @@ class AdvancedSQLiteSession(SQLiteSession):
     # -- branches -------------------------------------------------------------------------
 
     async def create_branch_from_turn(
-        self, turn_number: int, branch_name: str | None = None
+        self, turn_number: int, branch_name: str | None = None, *, fork: ForkHead | None = None
     ) -> str:
         """Branch before user turn ``turn_number`` of the current branch and switch to it.
 
         The new branch holds the turns before ``turn_number`` (none for turn 1: an empty
         branch, listed and switchable). Returns its id, ``branch_name`` or a generated one.
+        ``fork`` (EncryptedSession's) makes the new branch's history head in the same
+        transaction.
         """
         if isinstance(turn_number, bool) or not isinstance(turn_number, int):
             raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
         if branch_name is not None:
             _check_branch_id(branch_name, "branch_name")
         scope, source = self._scope, self._branch
-        created: str = await self._write(
-            lambda conn: queries.create_branch(conn, scope, source, turn_number, branch_name)
-        )
+
+        def create(conn: sqlite3.Connection) -> str:
+            branch = queries.create_branch(conn, scope, source, turn_number, branch_name)
+            if fork is not None:
+                messages = self.messages_table
+                left_out = queries.turn_item(conn, scope, source, turn_number)
+                source_head = heads.select(conn, messages, self.session_id, source)
+                new_head = fork(source, branch, source_head, left_out)
+                heads.store(conn, messages, self.session_id, branch, new_head)
+            return branch
+
+        created: str = await self._write(create)
         self._branch = created
         self._logger.debug("created branch %r from turn %d of %r", created, turn_number, source)
         return created

@@ -14,11 +14,19 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from encmem._items import Item, check_session_id, decode_stored, encode_item, encode_items
-from encmem._protocol import StoredItem
+from encmem._items import (
+    CorruptRow,
+    Item,
+    check_session_id,
+    decode_stored,
+    encode_item,
+    encode_items,
+)
+from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, StoredItem
 from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import SessionClosedError
 
+from . import _heads as heads
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
 from ._residue import wipe_residue
@@ -26,6 +34,8 @@ from ._rows import decode_rows, plain_item, plain_items
 
 T = TypeVar("T")
 _logger = logging.getLogger("encmem.backends.sqlite")
+MAIN = "main"
+"""The one branch of a session without branches, under which its head is kept."""
 NO_BOUND = 2**63 - 1
 """Larger than any SQLite rowid: "no upper bound" for paged reads by id."""
 
@@ -84,6 +94,7 @@ class SQLiteSession:
                 FOREIGN KEY (session_id) REFERENCES {s} (session_id) ON DELETE CASCADE
             )""",
             f"CREATE INDEX IF NOT EXISTS idx_{m}_session_id ON {m} (session_id, id)",
+            heads.statement(s, m),
         ]
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -212,6 +223,7 @@ class SQLiteSession:
         """Delete every item and the session row; deleted content is overwritten on disk."""
 
         def clear(conn: sqlite3.Connection) -> None:
+            heads.clear(conn, self.messages_table, self.session_id)
             conn.execute(
                 f"DELETE FROM {self.messages_table} WHERE session_id = ?", (self.session_id,)
             )
@@ -255,31 +267,125 @@ class SQLiteSession:
         if not wanted:
             return 0
 
-        def delete(conn: sqlite3.Connection) -> int:
-            cursor = conn.executemany(
-                f"DELETE FROM {self.messages_table} WHERE id = ? AND session_id = ?",
-                [(i, self.session_id) for i in wanted],
-            )
-            return int(cursor.rowcount)
+        return await self._write(lambda conn: self._delete_ids(conn, MAIN, wanted))
 
-        return await self._write(delete)
+    def _delete_ids(self, conn: sqlite3.Connection, branch: str, ids: Sequence[int]) -> int:
+        """Delete this session's rows with these ids; how many went."""
+        cursor = conn.executemany(
+            f"DELETE FROM {self.messages_table} WHERE id = ? AND session_id = ?",
+            [(i, self.session_id) for i in ids],
+        )
+        return int(cursor.rowcount)
 
     async def replace_stored_items(self, replacements: Mapping[int, Item]) -> int:
         """Overwrite items in place by id (same id, same position); return the count."""
-        rows = [
-            (encode_item(item, index), int(item_id), self.session_id)
-            for index, (item_id, item) in enumerate(replacements.items())
-        ]
+        rows = self._replacement_rows(replacements)
         if not rows:
             return 0
-
-        def replace(conn: sqlite3.Connection) -> int:
-            cursor = conn.executemany(
-                f"UPDATE {self.messages_table} SET message_data = ? "
-                "WHERE id = ? AND session_id = ?",
-                rows,
-            )
-            return int(cursor.rowcount)
-
-        replaced: int = await self._write(replace)
+        replaced: int = await self._write(lambda conn: self._replace_rows(conn, rows))
         return replaced
+
+    @staticmethod
+    def _replacement_rows(replacements: Mapping[int, Item]) -> list[tuple[str, int]]:
+        return [
+            (encode_item(item, index), int(item_id))
+            for index, (item_id, item) in enumerate(replacements.items())
+        ]
+
+    def _replace_rows(self, conn: sqlite3.Connection, rows: Sequence[tuple[str, int]]) -> int:
+        """Overwrite this session's message text by id; how many rows changed."""
+        cursor = conn.executemany(
+            f"UPDATE {self.messages_table} SET message_data = ? WHERE id = ? AND session_id = ?",
+            [(text, item_id, self.session_id) for text, item_id in rows],
+        )
+        return int(cursor.rowcount)
+
+    # -- history heads (kept for EncryptedSession; opaque here) ----------------------------
+
+    def _newest(self, conn: sqlite3.Connection, branch: str) -> Item | CorruptRow | None:
+        """The newest stored item of ``branch`` (None when it has none)."""
+        rows = self._select_tail(conn, 1, None)
+        return rows[0].item if rows else None
+
+    def _append(
+        self, conn: sqlite3.Connection, branch: str, items: Sequence[Item], texts: Sequence[str]
+    ) -> None:
+        """Insert encoded items at the end of ``branch`` (subclasses add structure rows)."""
+        self._insert(conn, texts)
+
+    def _head_branch(self, branch_id: str | None) -> str:
+        if branch_id is not None and branch_id != MAIN:
+            raise ValueError(f"{type(self).__name__} has one branch, 'main', not {branch_id!r}")
+        return MAIN
+
+    def _current_branch(self) -> str:
+        return MAIN
+
+    async def get_head_and_items(
+        self, limit: int | None = None, *, branch_id: str | None = None
+    ) -> HeadedItems:
+        """The branch's stored head and newest ``limit`` items, in one read snapshot."""
+        effective = resolve_limit(limit, self.session_settings)
+        branch = self._head_branch(branch_id)
+
+        def read(conn: sqlite3.Connection) -> HeadedItems:
+            head = heads.select(conn, self.messages_table, self.session_id, branch)
+            found = self._branch_tail(conn, branch, effective) if effective != 0 else []
+            return HeadedItems(branch, head, found)
+
+        return await self._read(lambda conn: connections.snapshot(conn, read))
+
+    def _branch_tail(
+        self, conn: sqlite3.Connection, branch: str, limit: int | None
+    ) -> list[StoredItem]:
+        return self._select_tail(conn, limit, None)
+
+    async def append_chained(self, build: ChainBuild) -> None:
+        """Append what ``build`` seals after reading the head under the writer lock."""
+        self._check_open()
+        branch = self._current_branch()
+
+        def append(conn: sqlite3.Connection) -> None:
+            head = heads.select(conn, self.messages_table, self.session_id, branch)
+            items, new_head = build(branch, head, lambda: self._newest(conn, branch))
+            texts = encode_items(items)
+            if texts:
+                self._append(conn, branch, items, texts)
+            heads.store(conn, self.messages_table, self.session_id, branch, new_head)
+
+        await self._write(append)
+
+    async def delete_with_head(
+        self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None
+    ) -> int:
+        """Delete items by id and change the branch's head, in one transaction."""
+        wanted = [int(i) for i in ids]
+        branch = self._head_branch(branch_id) if branch_id is not None else self._current_branch()
+
+        def delete(conn: sqlite3.Connection) -> int:
+            heads.update(conn, self.messages_table, self.session_id, branch, update)
+            return self._delete_ids(conn, branch, wanted)
+
+        return await self._write(delete)
+
+    async def update_heads(
+        self, updates: Mapping[str, HeadUpdate], replacements: Mapping[int, Item] | None = None
+    ) -> None:
+        """Replace items in place and the heads of these branches, in one transaction."""
+        rows = self._replacement_rows(replacements or {})
+        for branch in updates:
+            self._head_branch(branch)
+
+        def change(conn: sqlite3.Connection) -> None:
+            if rows:
+                self._replace_rows(conn, rows)
+            for branch, update in updates.items():
+                heads.update(conn, self.messages_table, self.session_id, branch, update)
+
+        await self._write(change)
+
+    async def list_head_branches(self) -> list[str]:
+        """Every branch of the session that has a stored head."""
+        return await self._read(
+            lambda conn: heads.branches(conn, self.messages_table, self.session_id)
+        )

@@ -206,6 +206,15 @@ def immediate(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) 
     return result
 
 
+def snapshot(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Run read-only ``job`` in one deferred transaction, so its SELECTs see one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        return job(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
 def _configure(
     conn: sqlite3.Connection, is_file: bool, busy_timeout: float, read_only: bool
 ) -> None:

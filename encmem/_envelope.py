@@ -2,7 +2,10 @@
 
 A sealed item is a JSON object::
 
-    {"__enc__": 1, "v": 2, "kid": KID, "payload": FERNET_TOKEN, <clear fields>}
+    {"__enc__": 1, "v": 3, "kid": KID, "payload": FERNET_TOKEN, <clear fields>}
+
+The token of a ``v: 3`` envelope seals the item together with its place in the branch's chain
+(:mod:`encmem._chain`); ``v: 2`` envelopes (encmem 0.2) seal the item alone and still open.
 
 The clear fields (``role``, ``type``, ``name``, ``namespace``, ``server_label`` when the item
 has them) let a backend classify the item without decrypting it. They are authenticated on
@@ -20,12 +23,14 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ._chain import GENESIS, Link, digest, unwrap, wrap
 from ._items import CorruptRow, Item, decode_item
 from ._keys import SDK_KID, Keyring
 from ._token import FernetKey
 from .errors import CorruptRowError, PlaintextItemError, TamperedItemError, UnknownKeyIdError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+UNCHAINED_VERSION = 2
 SDK_FORMAT_VERSION = 1
 CLEAR_FIELDS = ("role", "type", "name", "namespace", "server_label")
 _ENVELOPE_KEYS = frozenset(("__enc__", "v", "kid", "payload"))
@@ -36,12 +41,14 @@ MAX_CLOCK_SKEW = 60
 
 
 class Opened(NamedTuple):
-    """An opened envelope: the item, the authenticated seal time, and the kid it was under."""
+    """An opened envelope: the item, the authenticated seal time, the kid it was under, and
+    (v3) its place in the chain."""
 
     item: Item
     sealed_at: int
     kid: str
     version: int
+    link: Link | None = None
 
 
 def is_envelope(obj: object) -> bool:
@@ -70,9 +77,34 @@ def clear_fields(item: Item) -> dict[str, Any]:
     return {name: item[name] for name in CLEAR_FIELDS if name in item}
 
 
-def seal(key: FernetKey, kid: str, item: Item, item_json: str, sealed_at: int) -> Item:
-    """Encrypt ``item`` (already encoded as ``item_json``) into a v2 envelope."""
-    token = key.seal(item_json.encode("utf-8"), sealed_at)
+def seal_link(
+    key: FernetKey, kid: str, item: Item, item_json: str, sealed_at: int, seq: int, prev: str
+) -> tuple[Item, str]:
+    """Encrypt ``item`` (encoded as ``item_json``) as item ``seq`` of its chain, after the
+    item whose digest is ``prev``; return the v3 envelope and this item's digest."""
+    sealed = wrap(item_json, seq, prev).encode("utf-8")
+    return _envelope(key.seal(sealed, sealed_at), kid, item), digest(sealed)
+
+
+def seal(
+    key: FernetKey,
+    kid: str,
+    item: Item,
+    item_json: str,
+    sealed_at: int,
+    seq: int = 1,
+    prev: str = GENESIS,
+) -> Item:
+    """The v3 envelope of ``item`` as item ``seq`` of its chain (the first by default)."""
+    return seal_link(key, kid, item, item_json, sealed_at, seq, prev)[0]
+
+
+def reseal(key: FernetKey, kid: str, opened: Opened, sealed_text: bytes) -> Item:
+    """The same sealed text under ``key`` with its original seal time (rotation)."""
+    return _envelope(key.seal(sealed_text, opened.sealed_at), kid, opened.item)
+
+
+def _envelope(token: str, kid: str, item: Item) -> Item:
     envelope: Item = {"__enc__": 1, "v": FORMAT_VERSION, "kid": kid, "payload": token}
     for name in CLEAR_FIELDS:
         if name in item:
@@ -176,7 +208,7 @@ class Opener:
         self.keyring = keyring
         self.session_id = session_id
         self._keys: dict[str, FernetKey | None] = {}
-        self._cache: dict[str, tuple[dict[str, Any], str, int]] = {}
+        self._cache: dict[str, tuple[dict[str, Any], str, int, Link | None]] = {}
         self._cache_size = cache_size
         self._clock = clock
 
@@ -220,8 +252,8 @@ class Opener:
             raise TamperedItemError(
                 f"the envelope's format version is not an integer (a {type(version).__name__})"
             )
-        if version == FORMAT_VERSION:
-            return self._open_v2(obj, token, kid, remember)
+        if version in (FORMAT_VERSION, UNCHAINED_VERSION):
+            return self._open_ours(obj, token, kid, version, remember)
         if version == SDK_FORMAT_VERSION and kid == SDK_KID:
             if obj.keys() != _ENVELOPE_KEYS:
                 raise TamperedItemError(
@@ -231,12 +263,16 @@ class Opener:
         shown_version = version if abs(version) < 10**6 else "<a large number>"
         raise TamperedItemError(f"unknown envelope format v={shown_version} kid={shown(kid)}")
 
-    def _open_v2(self, obj: dict[str, Any], token: str, kid: str, remember: bool) -> Opened:
+    def _open_ours(
+        self, obj: dict[str, Any], token: str, kid: str, version: int, remember: bool
+    ) -> Opened:
         cached = self._cache.get(token) if self._cache_size else None
         if cached is not None and _same_json(cached[0], obj):
             # The very envelope that was verified before: same token, kid and clear fields.
             # Its JSON text was checked then; each hit parses a fresh copy for the caller.
-            return Opened(_scan_json(cached[1], 0)[0], cached[2], kid, FORMAT_VERSION)
+            value = _scan_json(cached[1], 0)[0]
+            item = value["item"] if cached[3] is not None else value
+            return Opened(item, cached[2], kid, version, cached[3])
         key = self._key(kid)
         if key is None:
             raise UnknownKeyIdError(
@@ -255,12 +291,23 @@ class Opener:
         plaintext, sealed_at = opened
         text = _sealed_text(plaintext)
         item = _decode_sealed(text)
+        link: Link | None = None
+        if version == FORMAT_VERSION:
+            item, seq, prev = unwrap(item)
+            link = Link(seq, prev, digest(plaintext))
         _check_clear_fields(obj, item)
         if self._cache_size and remember:
-            self._cache[token] = (dict(obj), text, sealed_at)
+            self._cache[token] = (dict(obj), text, sealed_at, link)
             if len(self._cache) > self._cache_size:
                 del self._cache[next(iter(self._cache))]  # the oldest entry
-        return Opened(item, sealed_at, kid, FORMAT_VERSION)
+        return Opened(item, sealed_at, kid, version, link)
+
+    def sealed_plaintext(self, obj: Item, opened: Opened) -> bytes:
+        """The exact plaintext of an envelope that opened (to re-seal it under another key)."""
+        key = self._key(opened.kid)
+        found = key.open(obj["payload"]) if key is not None else None
+        assert found is not None, "sealed_plaintext() takes an envelope that opened"
+        return found[0]
 
     def _open_sdk(self, token: str) -> Opened:
         for key in self.keyring.sdk_keys(self.session_id):

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from ._envelope import FORMAT_VERSION, Opener, is_envelope, looks_sealed, seal
-from ._items import CorruptRow, Item, encode_item
+from ._chain import Link
+from ._envelope import FORMAT_VERSION, Opener, is_envelope, reseal
+from ._items import CorruptRow, Item
 from ._keys import Keyring
 from ._protocol import Capabilities, ItemAddressing, Session, StoredItem
 from ._reading import OnInvalid, is_expired
-from .errors import DecryptionError, InvalidItemError, PlaintextItemError
+from ._rechain import Sealable, needs_chain, open_for_chain, plan_chain, read_branches, write_plan
+from ._writing import Chainer, Conflict
+from .errors import DecryptionError, StoreError
 
 Progress = Callable[[int], None]
 """Called after each committed batch with the number of items examined so far."""
 
 DEFAULT_BATCH = 500
-Action = Literal["keep", "seal", "open"]
 
 
 class Sealed(Protocol):
@@ -34,6 +36,7 @@ class Sealed(Protocol):
     ttl: float | None
     on_invalid: OnInvalid
     clock: Callable[[], float]
+    max_item_bytes: int | None
 
     @property
     def keyring(self) -> Keyring: ...
@@ -140,26 +143,59 @@ def _opener(session: Sealed) -> Opener:
     return Opener(session.keyring, session.session_id, clock=session.clock)  # no cache
 
 
-async def _reseal(
-    session: Sealed,
-    operation: str,
-    choose: Callable[[Item, str], Action],
-    *,
-    batch_size: int,
-    progress: Progress | None,
-    dry_run: bool,
-) -> MaintenanceResult:
-    """Re-seal, under the primary key, the items ``choose`` picks; keep the rest as they are.
+async def _chain_session(
+    session: Sealed, operation: str, *, seal_plaintext: bool, dry_run: bool
+) -> tuple[bool, MaintenanceResult]:
+    """Re-chain the whole session when any item is not a v3 link (see :mod:`._rechain`).
 
-    ``choose(stored_object, primary_kid)`` answers "keep", "seal" (plaintext: seal it now) or
-    "open" (an envelope: open it and seal it again with its original seal time).
+    Returns whether it had to, and the counts. An unreadable item leaves the session as it
+    is (in skip mode; raise mode raises): a chain cannot be built around it.
     """
-    source, branches = await _branches(session, operation)
+    caps = Capabilities.of(session.underlying_session)
+    _, branches = await _branches(session, operation)
+    for _attempt in range(3):
+        found = await read_branches(caps, [branch.branch_id for branch in branches])
+        result = MaintenanceResult()
+        distinct = {stored.id: stored for branch in found for stored in branch.rows}
+        result.examined = result.reached = len(distinct)
+        if not needs_chain(found):
+            result.unchanged = result.examined
+            return False, result
+        opener, now = _opener(session), int(session.clock())
+        sources: dict[int, Sealable] = {}
+        for stored in distinct.values():
+            try:
+                sources[stored.id] = open_for_chain(opener, stored.item, now, seal_plaintext)
+            except DecryptionError as exc:
+                result.unreadable += 1
+                _unreadable(session, exc, stored)
+        chainer = Chainer(session)
+        plan = plan_chain(chainer, found, sources)
+        seen = {branch.name: branch.head for branch in found}
+        try:
+            result.changed = (
+                len(plan.replacements) if dry_run else await write_plan(caps, chainer, plan, seen)
+            )
+        except Conflict:
+            continue  # another writer came in between: read again
+        result.unchanged = result.examined - result.changed - result.unreadable
+        return True, result
+    raise StoreError(
+        f"session {session.session_id!r} kept changing while it was being chained; run "
+        "again when its writers are quieter"
+    )
+
+
+async def _reseal(
+    session: Sealed, *, batch_size: int, progress: Progress | None, dry_run: bool
+) -> MaintenanceResult:
+    """Re-seal, under the primary key, every v3 item sealed under another key, keeping its
+    seal time and its exact sealed text (so every link of the chain stays)."""
+    source, branches = await _branches(session, "rotate_keys()")
     kid = session.keyring.primary_kid
     key = session.keyring.session_key(kid, session.session_id)
     assert key is not None
     opener = _opener(session)
-    now = int(session.clock())
     result = MaintenanceResult()
     reached: set[int] = set()
     async for _, batch in walk(branches, _check_batch(batch_size), reached):
@@ -167,17 +203,8 @@ async def _reseal(
         for stored in batch:
             result.examined += 1
             obj = stored.item
-            action = "open" if isinstance(obj, CorruptRow) else choose(obj, kid)
-            if action == "keep":
+            if not isinstance(obj, CorruptRow) and _current(obj, kid):
                 result.unchanged += 1
-                continue
-            if action == "seal" and not isinstance(obj, CorruptRow):
-                try:
-                    replacements[stored.id] = seal(key, kid, obj, encode_item(obj), now)
-                except InvalidItemError as exc:  # NaN, lone surrogates: nothing can seal it
-                    result.unreadable += 1
-                    refused = PlaintextItemError(f"a plaintext item cannot be sealed: {exc}")
-                    _unreadable(session, refused, stored)
                 continue
             try:
                 opened = opener.open(obj)
@@ -185,8 +212,8 @@ async def _reseal(
                 result.unreadable += 1
                 _unreadable(session, exc, stored)
                 continue
-            text = encode_item(opened.item)
-            replacements[stored.id] = seal(key, kid, opened.item, text, opened.sealed_at)
+            assert isinstance(obj, dict)
+            replacements[stored.id] = reseal(key, kid, opened, opener.sealed_plaintext(obj, opened))
         if replacements:
             result.changed += (
                 len(replacements) if dry_run else await source.replace_stored_items(replacements)
@@ -214,17 +241,50 @@ async def rotate(
     progress: Progress | None = None,
     dry_run: bool = False,
 ) -> MaintenanceResult:
-    """Re-seal under the primary key every item sealed under another key (or the SDK's v1).
+    """Re-seal under the primary key every item sealed under another key, keeping seal times.
 
-    The original seal time is kept, so rotation never extends an item's life.
+    A session holding items sealed before chains (or the SDK's v1) is chained as a whole;
+    otherwise each item keeps its exact sealed text and place, and the heads are re-sealed.
     """
-
-    def choose(obj: Item, kid: str) -> Action:
-        return "keep" if _current(obj, kid) else "open"
-
-    return await _reseal(
-        session, "rotate_keys()", choose, batch_size=batch_size, progress=progress, dry_run=dry_run
+    _check_batch(batch_size)
+    chained, result = await _chain_session(
+        session, "rotate_keys()", seal_plaintext=False, dry_run=dry_run
     )
+    if chained:
+        if progress is not None:
+            progress(result.examined)
+        return result
+    result = await _reseal(session, batch_size=batch_size, progress=progress, dry_run=dry_run)
+    heads = Capabilities.of(session.underlying_session).heads
+    if heads is not None and not dry_run:
+        chainer = Chainer(session)
+        names = await heads.list_head_branches()
+        await heads.update_heads({name: chainer.reseal_head(name) for name in names})
+    return result
+
+
+def _purgeable(
+    session: Sealed, opener: Opener, rows: list[StoredItem], now: float, result: MaintenanceResult
+) -> list[tuple[int, Link | None]]:
+    """The expired items at the front of a branch (a chain is only ever cut from the front);
+    every row is opened, so unreadable ones are counted."""
+    prefix: list[tuple[int, Link | None]] = []
+    front = True
+    for stored in rows:
+        result.examined += 1
+        try:
+            opened = opener.open(stored.item)
+        except DecryptionError as exc:
+            result.unreadable += 1
+            _unreadable(session, exc, stored)
+            front = False
+            continue
+        if front and is_expired(opened.sealed_at, session.ttl, now):
+            prefix.append((stored.id, opened.link))
+        else:
+            front = False
+            result.unchanged += 1
+    return prefix
 
 
 async def purge_expired(
@@ -234,34 +294,44 @@ async def purge_expired(
     progress: Progress | None = None,
     dry_run: bool = False,
 ) -> MaintenanceResult:
-    """Delete from storage every item whose authenticated seal time is past the TTL."""
+    """Delete from storage the expired items at the front of every branch.
+
+    Items expire oldest first, so that is all of them unless clocks went back; the branch's
+    head records how far the front was cut, so a purge never reads as tampering.
+    """
+    size = _check_batch(batch_size)
     _, branches = await _branches(session, "purge_expired()")
     result = MaintenanceResult()
     if session.ttl is None:
         return result
-    opener = _opener(session)
-    now = session.clock()
+    caps = Capabilities.of(session.underlying_session)
+    chainer, opener, now = Chainer(session), _opener(session), session.clock()
     reached: set[int] = set()
-    async for branch, batch in walk(branches, _check_batch(batch_size), reached, once=False):
-        expired: list[int] = []
-        for stored in batch:
-            result.examined += 1
-            try:
-                opened = opener.open(stored.item)
-            except DecryptionError as exc:
-                result.unreadable += 1
-                _unreadable(session, exc, stored)
-                continue
-            if is_expired(opened.sealed_at, session.ttl, now):
-                expired.append(stored.id)
+    for branch in branches:
+        (rows,) = await read_branches(caps, [branch.branch_id])
+        reached.update(stored.id for stored in rows.rows)
+        prefix = _purgeable(session, opener, rows.rows, now, result)
+        for start in range(0, len(prefix), size):
+            chunk = prefix[start : start + size]
+            ids = [item_id for item_id, _ in chunk]
+            seqs = [link.seq for _, link in chunk if link is not None]
+            if dry_run:
+                result.changed += len(ids)
+            elif caps.heads is not None:
+                update = chainer.raise_floor(rows.name, max(seqs) + 1) if seqs else _same
+                result.changed += await caps.heads.delete_with_head(
+                    ids, update, branch_id=branch.branch_id
+                )
             else:
-                result.unchanged += 1
-        if expired:
-            result.changed += len(expired) if dry_run else await branch.delete(expired)
-        if progress is not None:
-            progress(result.examined)
+                result.changed += await branch.delete(ids)
+            if progress is not None:
+                progress(result.examined)
     result.reached = len(reached)
     return result
+
+
+def _same(stored: str | None) -> str | None:
+    return stored
 
 
 async def encrypt_existing(
@@ -271,22 +341,17 @@ async def encrypt_existing(
     progress: Progress | None = None,
     dry_run: bool = False,
 ) -> MaintenanceResult:
-    """Seal plaintext items in place and re-seal the SDK's v1 envelopes as v2.
+    """Seal plaintext items and re-seal the SDK's v1 (and encmem 0.2's v2) envelopes as one
+    chain, in place and in order.
 
-    Plaintext items are sealed at the current time; v1 items keep their seal time. Items
-    already in encmem's format are left alone (``rotate_keys`` moves them between keys).
+    Plaintext items are sealed at the current time; envelopes keep their seal time. A
+    session whose items are all chained already is left alone (``rotate_keys`` moves them
+    between keys).
     """
-
-    def choose(obj: Item, kid: str) -> Action:
-        if not is_envelope(obj):
-            return "open" if looks_sealed(obj) else "seal"
-        return "keep" if _current(obj, obj.get("kid", "")) else "open"
-
-    return await _reseal(
-        session,
-        "encrypt_existing()",
-        choose,
-        batch_size=batch_size,
-        progress=progress,
-        dry_run=dry_run,
+    _check_batch(batch_size)
+    _, result = await _chain_session(
+        session, "encrypt_existing()", seal_plaintext=True, dry_run=dry_run
     )
+    if progress is not None:
+        progress(result.examined)
+    return result

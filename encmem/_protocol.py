@@ -9,7 +9,7 @@ missing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from ._items import CorruptRow, Item
@@ -126,6 +126,68 @@ class BranchAddressing(Protocol):
     ) -> int: ...
 
 
+HeadUpdate = Callable[[str | None], str | None]
+"""Given a branch's stored head (None when it has none), the head to store in its place
+(None: none). Runs inside the backend's write transaction; raising aborts the transaction."""
+
+Newest = Callable[[], "Item | CorruptRow | None"]
+"""Reads the newest stored item of the branch being written (None when it is empty)."""
+
+ChainBuild = Callable[[str, str | None, Newest], tuple[list[Item], str]]
+"""``build(branch_id, stored_head, newest)``: the items to append and the branch's new head.
+Runs inside the backend's write transaction, after the head was read under the writer lock."""
+
+ForkHead = Callable[[str, str, str | None, "Item | CorruptRow"], str | None]
+"""``fork(source_branch, new_branch, source_head, first_item_left_out)``: the new branch's
+head (None: none), from the source's head and the first item the new branch leaves out."""
+
+
+class HeadedItems(NamedTuple):
+    """A branch's stored head and items, read in one snapshot."""
+
+    branch: str
+    """The branch read (the session's one branch is called ``main``)."""
+    head: str | None
+    items: list[StoredItem]
+
+
+@runtime_checkable
+class HistoryHead(Protocol):
+    """An opaque head per session and branch, read and written with the items it covers.
+
+    The backend stores the text the decorator hands it and never interprets it; what makes
+    it useful is that every change of a branch's items and of its head happens in one
+    transaction, and that reads return items and head from one snapshot.
+    """
+
+    async def get_head_and_items(
+        self, limit: int | None = None, *, branch_id: str | None = None
+    ) -> HeadedItems:
+        """The branch's head and its newest ``limit`` items (all when None), one snapshot."""
+        ...
+
+    async def append_chained(self, build: ChainBuild) -> None:
+        """Append to the current branch what ``build`` returns, and store its head."""
+        ...
+
+    async def delete_with_head(
+        self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None
+    ) -> int:
+        """Delete items of the branch by id and store ``update``'s head, in one transaction."""
+        ...
+
+    async def update_heads(
+        self, updates: Mapping[str, HeadUpdate], replacements: Mapping[int, Item] | None = None
+    ) -> None:
+        """Overwrite items in place by id and replace these branches' heads, in one
+        transaction."""
+        ...
+
+    async def list_head_branches(self) -> list[str]:
+        """Every branch of the session that has a stored head."""
+        ...
+
+
 @runtime_checkable
 class StoreSession(Session, ItemAddressing, Protocol):
     """A session handed out by a store: the Session protocol plus item addressing."""
@@ -171,6 +233,7 @@ class Capabilities(NamedTuple):
     branching: Branching | None
     branch_addressing: BranchAddressing | None
     user_turns: UserTurnSource | None
+    heads: HistoryHead | None
 
     @classmethod
     def of(cls, session: object) -> Capabilities:
@@ -181,6 +244,7 @@ class Capabilities(NamedTuple):
             branching,
             session if branching is not None and isinstance(session, BranchAddressing) else None,
             session if isinstance(session, UserTurnSource) else None,
+            session if isinstance(session, HistoryHead) else None,
         )
 
     def need(self, capability: T | None, name: str, operation: str) -> T:
@@ -195,8 +259,7 @@ class Capabilities(NamedTuple):
                 "methods on your session"
             )
         raise UnsupportedOperation(
-            f"{operation} needs the {name} capability, which {self.kind} does not offer; "
-            f"{advice}",
+            f"{operation} needs the {name} capability, which {self.kind} does not offer; {advice}",
             capability=name,
         )
 

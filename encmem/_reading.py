@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
+from ._chain import Head, anchor, open_head
 from ._envelope import Opened, Opener
+from ._history import UNREAD, Entry, find_break
 from ._items import Item
 from ._protocol import StoredItem
 from .errors import DecryptionError, ScanBudgetExceeded
@@ -19,14 +21,13 @@ from .errors import DecryptionError, ScanBudgetExceeded
 logger = logging.getLogger("encmem")
 
 OnInvalid = Literal["raise", "skip"]
+MAIN = "main"
+"""The branch of a session that has no branches of its own (heads are kept under it)."""
 MAX_WINDOW = 1024
 """The widest page a tail read asks for when it has to walk back past unreadable items."""
 
 Fetch = Callable[[int | None, int | None], Awaitable[list[StoredItem]]]
 """``fetch(limit, before_id)``: stored items of one branch, oldest first (ItemAddressing)."""
-
-Window = Callable[[int | None], Awaitable[list[Any]]]
-"""``window(limit)``: the newest ``limit`` stored objects of one branch (``get_items``)."""
 
 
 class ReadRules(Protocol):
@@ -50,14 +51,29 @@ def is_expired(sealed_at: int, ttl: float | None, now: float) -> bool:
     return ttl is not None and now >= sealed_at + ttl + 1
 
 
-class Reader:
-    """Opens one session's stored objects under its rules."""
+Newest = Callable[[int | None], Awaitable[tuple[str | None, str | None, list[Any]]]]
+"""``newest(limit)``: (branch id, stored head, newest ``limit`` stored objects, all when None),
+oldest first, as :class:`StoredItem` or, without storage ids, bare objects."""
 
-    __slots__ = ("opener", "rules")
+
+class Branch(NamedTuple):
+    """How to read one branch: its newest items with its head, then older pages by id."""
+
+    newest: Newest
+    older: Fetch | None
+    headed: bool
+    """Whether the store keeps heads (so a chained branch without one was tampered with)."""
+
+
+class Reader:
+    """Opens one session's stored objects under its rules and checks them as a history."""
+
+    __slots__ = ("_heads", "opener", "rules")
 
     def __init__(self, rules: ReadRules, opener: Opener) -> None:
         self.rules = rules
         self.opener = opener
+        self._heads: dict[str, tuple[str, Head]] = {}
 
     def refuse(
         self, exc: DecryptionError, position: int | None, item_id: int | None, action: str
@@ -68,6 +84,21 @@ class Reader:
             raise located from None
         logger.warning("%s an unreadable item: %s [%s]", action, located.reason, located.where)
 
+    def head(self, stored: str | None, branch: str) -> Head | None:
+        """The authenticated head of ``branch`` from its stored text (cached once verified)."""
+        if stored is None:
+            return None
+        known = self._heads.get(branch)
+        if known is not None and known[0] == stored:
+            return known[1]
+        try:
+            head = open_head(stored, self.opener.keyring, self.rules.session_id, branch)
+        except DecryptionError as exc:
+            self.refuse(exc, None, None, "read without")
+            return None
+        self._heads[branch] = (stored, head)
+        return head
+
     def open(
         self,
         obj: object,
@@ -77,12 +108,20 @@ class Reader:
         remember: bool = True,
     ) -> Opened | None:
         """The opened item; None when it expired or (in skip mode) cannot be read."""
+        opened = self.open_any(obj, position, item_id, remember)
+        if opened is None or is_expired(opened.sealed_at, self.rules.ttl, now):
+            return None
+        return opened
+
+    def open_any(
+        self, obj: object, position: int | None, item_id: int | None, remember: bool = True
+    ) -> Opened | None:
+        """The opened item, expired or not; None when (in skip mode) it cannot be read."""
         try:
-            opened = self.opener.open(obj, remember)
+            return self.opener.open(obj, remember)
         except DecryptionError as exc:
             self.refuse(exc, position, item_id, "skipped")
             return None
-        return None if is_expired(opened.sealed_at, self.rules.ttl, now) else opened
 
     def _charge(self, scanned: int) -> None:
         budget = self.rules.max_scan_items
@@ -94,54 +133,125 @@ class Reader:
                 budget=budget,
             )
 
-    def open_all(self, stored: Sequence[StoredItem], now: float, cache_size: int) -> list[Item]:
-        """Every readable, unexpired item of a whole history, oldest first."""
-        self._charge(len(stored))
-        items: list[Item] = []
-        total = len(stored)
-        cached_from = total - cache_size  # only the newest items are worth caching
-        for index, (item_id, obj) in enumerate(stored):
+    def _open_rows(
+        self, rows: Sequence[Any], total: int, remember_from: int
+    ) -> list[tuple[Entry, Opened | None]]:
+        """Open stored rows (oldest first); ``total - index`` is each one's position."""
+        opened_rows: list[tuple[Entry, Opened | None]] = []
+        for index, row in enumerate(rows):
+            item_id, obj = (row.id, row.item) if isinstance(row, StoredItem) else (-1, row)
             where = item_id if item_id >= 0 else None
-            opened = self.open(obj, now, total - index, where, index >= cached_from)
-            if opened is not None:
-                items.append(opened.item)
-        return items
+            opened = self.open_any(obj, total - index, where, index >= remember_from)
+            link = UNREAD if opened is None else opened.link
+            opened_rows.append((Entry(where, link), opened))
+        return opened_rows
 
-    async def tail_by_id(self, fetch: Fetch, limit: int, now: float) -> list[Item]:
-        """The newest ``limit`` readable items, walking back by storage id; each row once."""
-        newest_first: list[Item] = []
-        before: int | None = None
+    def check(
+        self,
+        opened_rows: list[tuple[Entry, Opened | None]],
+        head: Head | None,
+        name: str | None,
+        *,
+        complete: bool,
+        headed: bool,
+    ) -> list[tuple[Entry, Opened | None]]:
+        """The rows before the first break of the chain (all of them when it is sound);
+        raise mode raises at a break, skip mode logs it once."""
+        entries = [entry for entry, _ in opened_rows]
+        found = find_break(entries, head, complete=complete, headed=headed)
+        if found is None:
+            return opened_rows
+        error = found.error(entries, name)
+        self.refuse(error, error.position, error.item_id, "stopped reading at")
+        return opened_rows[: found.at]
+
+    def _settle(
+        self,
+        opened_rows: list[tuple[Entry, Opened | None]],
+        head: Head | None,
+        name: str | None,
+        branch: Branch,
+        complete: bool,
+        now: float,
+    ) -> list[Item]:
+        """The readable, unexpired items before any break of the chain."""
+        opened_rows = self.check(opened_rows, head, name, complete=complete, headed=branch.headed)
+        ttl = self.rules.ttl
+        return [
+            opened.item
+            for _, opened in opened_rows
+            if opened is not None and not is_expired(opened.sealed_at, ttl, now)
+        ]
+
+    async def open_branch(
+        self, branch: Branch, cache_size: int = 0
+    ) -> tuple[list[tuple[Entry, Opened | None]], Head | None, str | None]:
+        """Every row of a whole branch opened (expired ones too), its head and its name."""
+        name, stored_head, rows = await branch.newest(None)
+        self._charge(len(rows))
+        opened_rows = self._open_rows(rows, len(rows), len(rows) - cache_size)
+        return opened_rows, self.head(stored_head, name or MAIN), name
+
+    async def read_all(self, branch: Branch, now: float, cache_size: int) -> list[Item]:
+        """Every readable, unexpired item of a whole branch, oldest first, checked as a chain."""
+        opened_rows, head, name = await self.open_branch(branch, cache_size)
+        return self._settle(opened_rows, head, name, branch, True, now)
+
+    async def read_tail(self, branch: Branch, limit: int, now: float) -> list[Item]:
+        """The newest ``limit`` readable items: the newest rows and the head from one
+        snapshot, walking back by storage id (or a wider window) past unreadable items."""
+        name, stored_head, rows = await branch.newest(limit)
         window = limit
-        scanned = 0
-        while True:
-            batch = await fetch(window, before)
-            for index in range(len(batch) - 1, -1, -1):
-                scanned += 1
-                item_id, obj = batch[index]
-                opened = self.open(obj, now, scanned, item_id)
-                if opened is not None:
-                    newest_first.append(opened.item)
-                    if len(newest_first) == limit:
-                        return newest_first[::-1]
-            self._charge(scanned)
-            if len(batch) < window:
-                return newest_first[::-1]
-            before = batch[0].id
+        complete = len(rows) < window
+        opened_rows = self._open_rows(rows, len(rows), 0)
+        while not complete and _usable(opened_rows, self.rules.ttl, now) < limit:
+            self._charge(len(opened_rows))
             window = min(window * 2, MAX_WINDOW)
+            if branch.older is not None:
+                older: list[Any] = await branch.older(window, rows[0].id)
+                complete = len(older) < window
+            else:  # no storage ids: read a wider tail again
+                size = len(rows) * 2
+                _, _, wider = await branch.newest(size)
+                older, complete = wider[: len(wider) - len(rows)], len(wider) < size
+            rows = older + rows
+            total = len(rows)
+            opened_rows = self._open_rows(older, total, total) + [
+                (entry, opened) for entry, opened in opened_rows
+            ]
+        self._charge(len(opened_rows))
+        head = self.head(stored_head, name or MAIN)
+        items = self._settle(opened_rows, head, name, branch, complete, now)
+        return items[-limit:] if len(items) > limit else items
 
-    async def tail_by_window(self, window: Window, limit: int, now: float) -> list[Item]:
-        """For sessions without storage ids: widen a tail window until it holds enough."""
-        size = limit
-        while True:
-            raw = await window(size)
-            self._charge(len(raw))
-            newest_first: list[Item] = []
-            for offset, obj in enumerate(reversed(raw), start=1):
-                opened = self.open(obj, now, offset, None)
-                if opened is not None:
-                    newest_first.append(opened.item)
-                    if len(newest_first) == limit:
-                        return newest_first[::-1]
-            if len(raw) < size:
-                return newest_first[::-1]
-            size *= 2
+
+class _Strict:
+    """A session's read rules with ``on_invalid='raise'``, for checks that must not skip."""
+
+    on_invalid: OnInvalid = "raise"
+
+    def __init__(self, rules: ReadRules) -> None:
+        self._rules = rules
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rules, name)
+
+
+async def verify_branch(reader: Reader, branch: Branch) -> tuple[int, str]:
+    """Check a whole branch as a chain, raising at the first problem whatever ``on_invalid``
+    says; return how many items it holds and the anchor of where it ends."""
+    strict = Reader(_Strict(reader.rules), reader.opener)
+    opened_rows, head, name = await strict.open_branch(branch)
+    strict.check(opened_rows, head, name, complete=True, headed=branch.headed)
+    if head is not None:
+        return len(opened_rows), head.anchor()
+    links = [entry.link for entry, _ in opened_rows if entry.link is not None]
+    return len(opened_rows), anchor(links[-1].seq, links[-1].digest) if links else anchor(0, "")
+
+
+def _usable(opened_rows: list[tuple[Entry, Opened | None]], ttl: float | None, now: float) -> int:
+    return sum(
+        1
+        for _, opened in opened_rows
+        if opened is not None and not is_expired(opened.sealed_at, ttl, now)
+    )

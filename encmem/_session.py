@@ -14,8 +14,8 @@ from typing import Any
 
 from . import _maintenance as maintenance
 from . import _turns as turns
-from ._envelope import Opener, seal
-from ._items import DEFAULT_MAX_ITEM_BYTES, Item, encode_items
+from ._envelope import Opener
+from ._items import DEFAULT_MAX_ITEM_BYTES, Item
 from ._keys import KeyInput, Keyring, as_keyring
 from ._options import (
     HISTORY_METHODS,
@@ -27,11 +27,13 @@ from ._options import (
     resolve_session_id,
     ttl_seconds,
 )
-from ._popping import pop_by_id, pop_generic
+from ._popping import pop_by_id, pop_generic, pop_headed
 from ._protocol import Capabilities, Session, StoredItem, TurnRow
-from ._reading import Fetch, OnInvalid, Reader, Window
+from ._reading import Branch, Fetch, OnInvalid, Reader, verify_branch
 from ._settings import SessionSettings, resolve_limit
-from .errors import TamperedItemError
+from ._structure import verified_turns
+from ._writing import Chainer
+from .errors import DecryptionError, HistoryTamperedError
 
 _REFUSED_ATTRIBUTES = frozenset({"run_compaction"})
 
@@ -92,6 +94,7 @@ class EncryptedSession:
         self._plaintext_cache = check_cache_size(plaintext_cache)
         self.max_item_bytes = check_max_item_bytes(max_item_bytes)
         self.keyring = as_keyring(encryption_key)
+        self._chainer = Chainer(self)
         self._caps = Capabilities.of(underlying)
         self._forward_wrapper = all(
             _accepts(getattr(underlying, name), "wrapper") for name in HISTORY_METHODS
@@ -171,13 +174,36 @@ class EncryptedSession:
 
         return fetch
 
-    def _window(self, branch_id: str | None, wrapper: Any) -> Window:
-        """Plain tail reads (``get_items(n)``) of one branch, for sessions without ids."""
+    def _branch(self, branch_id: str | None, wrapper: Any = None) -> Branch:
+        """How to read one branch: with its head where the store keeps heads."""
+        fetch = self._fetcher(branch_id)
+        heads = self._caps.heads
+        if heads is not None:
+
+            async def headed(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
+                found = await heads.get_head_and_items(limit, branch_id=branch_id)
+                return found.branch, found.head, found.items
+
+            return Branch(headed, fetch, True)
+        if fetch is not None:
+
+            async def addressed(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
+                return branch_id, None, await fetch(limit, None)
+
+            return Branch(addressed, fetch, False)
         if branch_id is not None:
             branching = self._caps.need(self._caps.branching, "Branching", "branch_id=...")
-            return lambda limit: branching.get_items(limit, branch_id=branch_id)
+
+            async def window(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
+                return branch_id, None, await branching.get_items(limit, branch_id=branch_id)
+
+            return Branch(window, None, False)
         underlying, kwargs = self.underlying_session, self._kwargs(wrapper)
-        return lambda limit: underlying.get_items(limit, **kwargs)
+
+        async def tail(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
+            return None, None, await underlying.get_items(limit, **kwargs)
+
+        return Branch(tail, None, False)
 
     def close(self) -> Any:
         """Close the wrapped session if it can be closed (returns what its close returns)."""
@@ -198,44 +224,40 @@ class EncryptedSession:
 
     # -- the Session protocol ---------------------------------------------------------------
 
-    def _seal_all(self, items: list[Any]) -> list[Item]:
-        texts = encode_items(items, self.max_item_bytes)
-        kid = self.keyring.primary_kid
-        key = self.keyring.session_key(kid, self.session_id)
-        assert key is not None
-        now = int(self.clock())
-        return [seal(key, kid, item, text, now) for item, text in zip(items, texts, strict=True)]
-
     async def add_items(self, items: list[Any], *, wrapper: Any = None) -> None:
-        """Seal and append items in one call to the wrapped session (nothing on bad input)."""
-        envelopes = self._seal_all(items)
-        if envelopes:
-            await self.underlying_session.add_items(envelopes, **self._kwargs(wrapper))
+        """Seal and append items as the next links of the branch's chain, in one call to the
+        wrapped session (nothing is written on bad input)."""
+        texts = self._chainer.encode(items)
+        if not texts:
+            return
+        heads = self._caps.heads
+        try:
+            if heads is not None:
+                await heads.append_chained(self._chainer.build(items, texts))
+            else:
+                kwargs = self._kwargs(wrapper)
+                await self._chainer.append_unheaded(self.underlying_session, items, texts, kwargs)
+        except DecryptionError as exc:
+            raise exc.located(self.session_id, exc.position, exc.item_id) from None
 
     async def get_items(
         self, limit: int | None = None, branch_id: str | None = None, *, wrapper: Any = None
     ) -> list[Any]:
         """The readable, unexpired items, oldest first; ``limit`` counts readable items.
 
+        Every read checks the items it returns against their chain and the branch's head.
         ``branch_id`` reads another branch of a backend with the Branching capability.
         """
         if branch_id is not None:
             self._caps.need(self._caps.branching, "Branching", "get_items(branch_id=...)")
-        fetch = self._fetcher(branch_id)
         effective = resolve_limit(limit, self.session_settings)
         if effective == 0:
             return []
+        branch = self._branch(branch_id, wrapper)
         now = self.clock()
-        if fetch is not None:
-            if effective is None:
-                stored = await fetch(None, None)
-                return self._reader.open_all(stored, now, self._plaintext_cache)
-            return await self._reader.tail_by_id(fetch, effective, now)
-        window = self._window(branch_id, wrapper)
         if effective is None:
-            stored = [StoredItem(-1, obj) for obj in await window(None)]
-            return self._reader.open_all(stored, now, self._plaintext_cache)
-        return await self._reader.tail_by_window(window, effective, now)
+            return await self._reader.read_all(branch, now, self._plaintext_cache)
+        return await self._reader.read_tail(branch, effective, now)
 
     async def pop_item(self, *, wrapper: Any = None) -> Any | None:
         """Remove and return the newest readable item.
@@ -243,8 +265,11 @@ class EncryptedSession:
         Expired items met on the way are discarded. An item that fails authentication is
         never deleted: it raises (or, with ``on_invalid='skip'``, is stepped over and kept).
         """
-        addressing = self._caps.addressing
+        heads = self._caps.heads
         fetch = self._fetcher(None)
+        if heads is not None and fetch is not None:
+            return await pop_headed(self._reader, heads, fetch, self._chainer)
+        addressing = self._caps.addressing
         if addressing is not None and fetch is not None:
             return await pop_by_id(self._reader, fetch, addressing.delete_stored_items)
         return await pop_generic(self._reader, self.underlying_session, self._kwargs(wrapper))
@@ -258,22 +283,10 @@ class EncryptedSession:
 
     async def _turn_rows(self, branch_id: str | None) -> list[tuple[TurnRow, Item]]:
         source = self._caps.need(self._caps.user_turns, "UserTurnSource", "turn queries")
-        rows = await source.get_user_turn_items(branch_id)
-        now = self.clock()
-        opened_rows: list[tuple[TurnRow, Item]] = []
-        for row in rows:
-            opened = self._reader.open(row.item, now, None, None)
-            if opened is None:
-                continue
-            if opened.item.get("role") != "user":  # the structure row is clear text: check it
-                forged = TamperedItemError(
-                    f"turn {row.turn} is listed as a user turn, but its sealed item is not a "
-                    "user message (the structure rows were edited)"
-                )
-                self._reader.refuse(forged, None, row.message_id, "skipped")
-                continue
-            opened_rows.append((row, opened.item))
-        return opened_rows
+        branch = self._branch(branch_id)
+        return await verified_turns(
+            self._reader, branch, lambda: source.get_user_turn_items(branch_id)
+        )
 
     async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:
         """User turns with previews, answered over decrypted items."""
@@ -290,10 +303,57 @@ class EncryptedSession:
     ) -> str:
         """Branch from the first user turn whose text contains ``search_term``."""
         turn = turns.first_matching_turn(await self.find_turns_by_content(search_term), search_term)
-        branching = self._caps.need(
-            self._caps.branching, "Branching", "create_branch_from_content()"
+        return await self._create_branch(turn, branch_name, "create_branch_from_content()")
+
+    async def create_branch_from_turn(
+        self, turn_number: int, branch_name: str | None = None
+    ) -> str:
+        """Branch before user turn ``turn_number`` (checked against the authenticated items)."""
+        if self._caps.user_turns is not None and type(turn_number) is int:
+            await self._turn_rows(None)
+        return await self._create_branch(turn_number, branch_name, "create_branch_from_turn()")
+
+    async def _create_branch(self, turn: int, branch_name: str | None, operation: str) -> str:
+        branching = self._caps.need(self._caps.branching, "Branching", operation)
+        if self._caps.heads is None:
+            return await branching.create_branch_from_turn(turn, branch_name)
+        create = branching.create_branch_from_turn
+        try:
+            created: str = await create(turn, branch_name, fork=self._chainer.fork())  # type: ignore[call-arg]
+        except DecryptionError as exc:
+            raise exc.located(self.session_id, exc.position, exc.item_id) from None
+        return created
+
+    async def get_turn_usage(
+        self, user_turn_number: int | None = None, branch_id: str | None = None
+    ) -> Any:
+        """The wrapped session's turn usage, once its turn structure checked out."""
+        if self._caps.user_turns is not None:
+            await self._turn_rows(branch_id)
+        return await self.underlying_session.get_turn_usage(  # type: ignore[attr-defined]
+            user_turn_number, branch_id
         )
-        return await branching.create_branch_from_turn(turn, branch_name)
+
+    async def history_head(self, branch_id: str | None = None) -> str:
+        """A short printable digest of the branch's history as it ends now: keep it outside
+        the database, and :meth:`verify_history` tells whether the history still ends there."""
+        _, anchor = await verify_branch(self._reader, self._branch(branch_id))
+        return anchor
+
+    async def verify_history(self, anchor: str | None = None, branch_id: str | None = None) -> int:
+        """Check the whole branch as a chain (whatever ``on_invalid`` says) and, given an
+        ``anchor`` from :meth:`history_head`, that the branch still ends there. Returns how
+        many items it checked; raises HistoryTamperedError (or another DecryptionError)."""
+        count, current = await verify_branch(self._reader, self._branch(branch_id))
+        if anchor is not None and current != anchor:
+            raise HistoryTamperedError(
+                "the history no longer ends where the anchor says (rolled back, cut or "
+                "rewritten since the anchor was taken)",
+                kind="head mismatch",
+                branch_id=branch_id,
+                session_id=self.session_id,
+            )
+        return count
 
     # -- key lifecycle and retention ----------------------------------------------------------
 

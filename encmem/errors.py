@@ -7,6 +7,7 @@
     ├── DecryptionError                       a stored item cannot be read
     │   ├── UnknownKeyIdError                 sealed under a key id the keyring lacks
     │   ├── TamperedItemError                 failed authentication
+    │   │   └── HistoryTamperedError          items reordered, replayed, cut or moved
     │   ├── PlaintextItemError                plaintext where ciphertext belongs
     │   ├── CorruptRowError                   the stored row holds no JSON object
     │   └── UnrestoredItemsError              pop_item could not put items back
@@ -152,6 +153,43 @@ class TamperedItemError(DecryptionError):
     def __init__(self, reason: str, *, kid: str | None = None, **where: Any) -> None:
         self.kid = kid
         super().__init__(reason, **where)
+
+
+class HistoryTamperedError(TamperedItemError):
+    """The items authenticate one by one, but not as this branch's history.
+
+    ``kind`` names what the stored history shows: ``reordered``, ``duplicated``, ``missing``,
+    ``resurrected``, ``moved``, ``unchained``, ``forged structure`` or ``head mismatch``;
+    ``branch_id`` is the branch read (None for sessions without branches). ``position`` and
+    ``item_id`` locate the first item that does not fit.
+    """
+
+    KINDS = (
+        "reordered",
+        "duplicated",
+        "missing",
+        "resurrected",
+        "moved",
+        "unchained",
+        "forged structure",
+        "head mismatch",
+    )
+
+    remedy = "run `encmem verify` to list every finding, then restore a backup you trust"
+
+    def __init__(
+        self, reason: str, *, kind: str, branch_id: str | None = None, **where: Any
+    ) -> None:
+        self.kind = kind
+        self.branch_id = branch_id
+        super().__init__(reason, **where)
+
+    @property
+    def where(self) -> str:
+        where = super().where
+        if where and self.branch_id is not None:
+            where += f", branch {self.branch_id!r}"
+        return where
 
 
 class PlaintextItemError(DecryptionError):

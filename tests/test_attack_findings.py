@@ -21,7 +21,13 @@ from typing import Any
 import pytest
 from encmem.backends import AdvancedSQLiteSession, SQLiteSession
 
-from encmem import CorruptRowError, EncryptedSession, TamperedItemError, UnknownKeyIdError
+from encmem import (
+    CorruptRowError,
+    EncryptedSession,
+    HistoryTamperedError,
+    TamperedItemError,
+    UnknownKeyIdError,
+)
 
 from .conftest import TEST_KEY
 
@@ -67,7 +73,7 @@ def _read(path: Path, **options: Any) -> list[Any]:
 
 @pytest.mark.parametrize(
     "damage",
-    [('"__enc__":1', '"__enc__":true'), ('"__enc__":1', '"__enc__":1.0'), ('"v":2,', "")],
+    [('"__enc__":1', '"__enc__":true'), ('"__enc__":1', '"__enc__":1.0'), ('"v":3,', "")],
 )
 def test_encrypt_never_seals_a_damaged_envelope_as_plaintext(
     tmp_path: Path, damage: tuple[str, str]
@@ -126,8 +132,10 @@ async def test_a_structure_row_cannot_promote_an_assistant_item_to_a_user_turn(
         "UPDATE message_structure SET message_type = 'user', branch_turn_number = 2 "
         "WHERE message_id = 2",
     )
-    with pytest.raises(TamperedItemError, match="not a user message"):
+    with pytest.raises(TamperedItemError, match="not a user message") as caught:
         await session.get_conversation_turns()
+    assert isinstance(caught.value, HistoryTamperedError)
+    assert caught.value.kind == "forged structure"
     with pytest.raises(TamperedItemError):
         await session.find_turns_by_content("answer")
     skipping = EncryptedSession(
@@ -245,7 +253,7 @@ def test_a_stored_key_id_that_is_not_one_is_never_echoed(tmp_path: Path, kid: st
     with pytest.raises(UnknownKeyIdError) as caught:
         _read(path)
     assert kid not in str(caught.value) and caught.value.kid is None
-    _edit_payload(path, lambda e: e.update(kid="2026-11", v=10**500 if len(kid) > 100 else 3))
+    _edit_payload(path, lambda e: e.update(kid="2026-11", v=10**500 if len(kid) > 100 else 4))
     with pytest.raises(TamperedItemError) as version_error:
         _read(path)
     assert len(str(version_error.value)) < 600

@@ -103,7 +103,7 @@ async def test_turns_tools_and_usage_work_through_encmem(
         "SELECT message_data FROM agent_messages"
     )
     rows = [json.loads(row[0]) for row in stored]
-    assert len(rows) == 6 and all(row["__enc__"] == 1 and row["v"] == 2 for row in rows)
+    assert len(rows) == 6 and all(row["__enc__"] == 1 and row["v"] == 3 for row in rows)
     assert not any("Paris" in json.dumps(row) for row in rows)
 
 

@@ -105,7 +105,7 @@ async def test_stored_rows_hold_no_plaintext_content(db: Path) -> None:
         {"__enc__", "v", "kid", "payload", "type"},
     ]
     assert stored[1]["name"] == "lookup" and stored[0]["role"] == "user"
-    assert all(item["v"] == 2 and item["kid"] == "k" + item["kid"][1:] for item in stored)
+    assert all(item["v"] == 3 and item["kid"] == "k" + item["kid"][1:] for item in stored)
     assert await session.get_items() == [
         {"role": "user", "content": CANARY},
         {
@@ -262,7 +262,8 @@ async def test_wrong_key_under_the_same_kid_raises_and_deletes_nothing(db: Path)
 async def test_skip_mode_reads_past_unreadable_items_and_keeps_them(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other = encrypted(db, key=generate_key())
+    # Both writers skip: each starts a chain of its own where it cannot read the other's head.
+    other = encrypted(db, key=generate_key(), on_invalid="skip")
     await other.add_items([{"role": "user", "content": "under another key"}])
     session = encrypted(db, on_invalid="skip")
     await session.add_items([{"role": "user", "content": "readable"}])
@@ -275,6 +276,15 @@ async def test_skip_mode_reads_past_unreadable_items_and_keeps_them(
     assert len(rows(db)) == 2
     assert "skipped an unreadable item" in caplog.text
     assert "under another key" not in caplog.text
+
+
+async def test_raise_mode_refuses_to_extend_a_history_it_cannot_authenticate(db: Path) -> None:
+    other = encrypted(db, key=generate_key())
+    await other.add_items([{"role": "user", "content": "under another key"}])
+    session = encrypted(db)
+    with pytest.raises(UnknownKeyIdError, match="history head"):
+        await session.add_items([{"role": "user", "content": "refused"}])
+    assert len(rows(db)) == 1
 
 
 # -- expiry ------------------------------------------------------------------------------------
@@ -415,7 +425,9 @@ async def test_wrapper_is_forwarded_only_to_sessions_that_opt_in() -> None:
     assert await session.get_items(wrapper=token) == [{"role": "user", "content": "x"}]
     assert await session.pop_item(wrapper=token) == {"role": "user", "content": "x"}
     await session.clear_session(wrapper=token)
-    assert aware.wrappers == [token] * 5  # add, get, pop (a look, then the pop), clear
+    # add (a look at the newest item to chain after it, then the add), get, pop (a look,
+    # then the pop), clear
+    assert aware.wrappers == [token] * 6
     legacy = Legacy("l")
     plain = EncryptedSession(underlying_session=legacy, encryption_key=TEST_KEY)
     await plain.add_items([{"role": "user", "content": "y"}], wrapper=token)
@@ -424,7 +436,10 @@ async def test_wrapper_is_forwarded_only_to_sessions_that_opt_in() -> None:
 
 async def test_generic_pop_puts_an_unreadable_item_back() -> None:
     legacy = Legacy("g")
-    other = EncryptedSession(underlying_session=legacy, encryption_key=generate_key())
+    # Skipping what it cannot read, the other key's writer starts a chain of its own.
+    other = EncryptedSession(
+        underlying_session=legacy, encryption_key=generate_key(), on_invalid="skip"
+    )
     mine = EncryptedSession(underlying_session=legacy, encryption_key=TEST_KEY)
     await mine.add_items([{"role": "user", "content": "mine"}])
     await other.add_items([{"role": "user", "content": "theirs"}])

@@ -205,7 +205,7 @@ async def test_purge_never_deletes_unreadable_items(backend: Store) -> None:
 # -- migration --------------------------------------------------------------------------------
 
 
-async def test_encrypt_existing_turns_plaintext_and_v1_into_v2(tmp_path: Path) -> None:
+async def test_encrypt_existing_turns_plaintext_and_v1_into_one_chain(tmp_path: Path) -> None:
     agents = pytest.importorskip("agents")
     from agents.extensions.memory import EncryptedSession as SDKEncryptedSession
 
@@ -220,10 +220,12 @@ async def test_encrypt_existing_turns_plaintext_and_v1_into_v2(tmp_path: Path) -
     ours = EncryptedSession(underlying_session=underlying, encryption_key=key)
     await ours.add_items([msg(4)])
     counts = await ours.encrypt_existing(batch_size=2)
-    assert counts == {"examined": 5, "changed": 4, "unchanged": 1, "unreadable": 0}
+    # The item sealed by encmem started a chain of one; the whole session is one chain now.
+    assert counts == {"examined": 5, "changed": 5, "unchanged": 0, "unreadable": 0}
     envelopes = await raw_envelopes(underlying)
-    assert [env["v"] for env in envelopes] == [2] * 5
+    assert [env["v"] for env in envelopes] == [3] * 5
     assert await ours.get_items() == [msg(i) for i in range(5)]
+    assert await ours.verify_history() == 5
     assert (await ours.encrypt_existing())["changed"] == 0
     await underlying.close()
 
@@ -285,7 +287,7 @@ async def test_erase_session_removes_every_row_on_every_table(tmp_path: Path) ->
     try:
         assert await store.session_ids() == ["gone", "stays"]
         removed = await store.erase_session("gone")
-        assert removed == len(CANARIES) + 1
+        assert removed == len(CANARIES) + 2  # the items, the session row, the history head
         assert await store.session_ids() == ["stays"]
     finally:
         await store.aclose()
@@ -364,7 +366,7 @@ async def test_purge_and_rotate_reach_every_branch(tmp_path: Path) -> None:
     await old.add_items([msg(0), msg(1)])
     clock.now += 60
     await old.add_items([msg(2), msg(3)])
-    branch = await underlying.create_branch_from_turn(2, "alt")  # copies turn 1 (msg 0, 1)
+    branch = await old.create_branch_from_turn(2, "alt")  # copies turn 1 (msg 0, 1)
     await old.add_items([msg(4)])
     await underlying.switch_to_branch("main")
     ring = Keyring({"new": KEYS["k2"], "old": KEYS["k1"]})

@@ -45,7 +45,7 @@ async def test_wrapping_the_sdks_sqlite_session(tmp_path: Path) -> None:
     assert await session.get_items(2) == ITEMS[2:]
     assert await session.pop_item() == ITEMS[3]
     raw = await underlying.get_items()
-    assert all(item["__enc__"] == 1 and item["v"] == 2 for item in raw)
+    assert all(item["__enc__"] == 1 and item["v"] == 3 for item in raw)
     assert "Zürich" not in json.dumps(raw, ensure_ascii=False)
     await session.clear_session()
     assert await session.get_items() == []
@@ -67,7 +67,7 @@ async def test_sdk_v1_envelopes_read_back_through_encmem(tmp_path: Path) -> None
             "SELECT message_data FROM agent_messages ORDER BY id"
         )
     ]
-    assert [item["v"] for item in stored] == [1, 1, 1, 1, 2]
+    assert [item["v"] for item in stored] == [1, 1, 1, 1, 3]
     assert await ours.pop_item() == {"role": "user", "content": "new"}
     assert await ours.pop_item() == ITEMS[3]
 

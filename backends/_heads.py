@@ -1,0 +1,89 @@
+"""The heads table: one opaque head per session and branch, beside the messages it covers.
+
+A backend stores what :class:`encmem.EncryptedSession` hands it and never reads inside it;
+what it guarantees is that a head changes in the same transaction as the items it covers.
+Stores written before heads existed have no such table: reads then find no head.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from encmem._protocol import HeadUpdate
+
+
+def heads_table(messages: str) -> str:
+    """The heads table that goes with a messages table."""
+    return f"{messages}_heads"
+
+
+def statement(sessions: str, messages: str) -> str:
+    """CREATE statement (idempotent) of the heads table."""
+    return f"""CREATE TABLE IF NOT EXISTS {heads_table(messages)} (
+        session_id TEXT NOT NULL,
+        branch_id TEXT NOT NULL,
+        head TEXT NOT NULL,
+        PRIMARY KEY (session_id, branch_id),
+        FOREIGN KEY (session_id) REFERENCES {sessions} (session_id) ON DELETE CASCADE
+    )"""
+
+
+def select(conn: sqlite3.Connection, messages: str, session_id: str, branch: str) -> str | None:
+    """The stored head of a branch; None when it has none (or the store has no heads table)."""
+    try:
+        row = conn.execute(
+            f"SELECT head FROM {heads_table(messages)} WHERE session_id = ? AND branch_id = ?",
+            (session_id, branch),
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None  # a store written before heads, opened read-only
+        raise
+    return None if row is None else str(row[0])
+
+
+def store(
+    conn: sqlite3.Connection, messages: str, session_id: str, branch: str, head: str | None
+) -> None:
+    """Set (or, for None, remove) a branch's head, inside the caller's transaction."""
+    table = heads_table(messages)
+    if head is None:
+        conn.execute(
+            f"DELETE FROM {table} WHERE session_id = ? AND branch_id = ?", (session_id, branch)
+        )
+        return
+    conn.execute(
+        f"INSERT INTO {table} (session_id, branch_id, head) VALUES (?, ?, ?) "
+        "ON CONFLICT(session_id, branch_id) DO UPDATE SET head = excluded.head",
+        (session_id, branch, head),
+    )
+
+
+def update(
+    conn: sqlite3.Connection, messages: str, session_id: str, branch: str, change: HeadUpdate
+) -> None:
+    """Replace a branch's head with what ``change`` makes of it (same transaction)."""
+    old = select(conn, messages, session_id, branch)
+    new = change(old)
+    if new != old:
+        store(conn, messages, session_id, branch, new)
+
+
+def branches(conn: sqlite3.Connection, messages: str, session_id: str) -> list[str]:
+    """Every branch of the session that has a head."""
+    try:
+        rows = conn.execute(
+            f"SELECT branch_id FROM {heads_table(messages)} WHERE session_id = ? "
+            "ORDER BY branch_id",
+            (session_id,),
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    return [str(row[0]) for row in rows]
+
+
+def clear(conn: sqlite3.Connection, messages: str, session_id: str) -> None:
+    """Remove every head of the session (clear and erase)."""
+    conn.execute(f"DELETE FROM {heads_table(messages)} WHERE session_id = ?", (session_id,))

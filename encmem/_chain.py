@@ -1,0 +1,143 @@
+"""Tamper-evident history: each sealed item's place in its branch, and each branch's head.
+
+A v3 item's token seals ``{"seq": N, "prev": LINK, "item": {...}}``: its sequence number in
+the branch and the digest of the previous item's sealed text (``""`` for the first item of a
+chain). Each digest covers the previous one, so the newest digest stands for the whole chain.
+Re-sealing the same text under another key (rotation) keeps every digest.
+
+A backend with the HistoryHead capability keeps one head per session and branch, written in
+the same transaction as the items: a Fernet token, under the session key, of the branch id,
+the newest sequence number and digest, and the *floor*, the lowest sequence number still
+stored (raised when expired items are purged from the front). A read compares the stored
+items with their head, so a cut tail, a re-inserted pop or a copied branch disagree with it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import NamedTuple
+
+from ._keys import Keyring
+from .errors import HistoryTamperedError, TamperedItemError, UnknownKeyIdError
+
+GENESIS = ""
+"""The ``prev`` of the first item of a chain."""
+
+_DIGEST_CHARS = 43  # unpadded urlsafe base64 of 32 bytes
+ANCHOR_CHARS = 22
+"""How much of a digest an anchor keeps (132 bits)."""
+
+
+class Link(NamedTuple):
+    """Where a chained item stands: its sequence number, its predecessor's digest, its own."""
+
+    seq: int
+    prev: str
+    digest: str
+
+
+class Head(NamedTuple):
+    """What a branch's head records (authenticated): branch, newest seq and digest, floor."""
+
+    branch: str
+    seq: int
+    link: str
+    floor: int
+
+    @property
+    def empty(self) -> bool:
+        """Whether the branch is expected to hold no chained item at all."""
+        return self.seq < self.floor
+
+    def anchor(self) -> str:
+        """A short printable digest of the history up to this head, to keep elsewhere."""
+        return anchor(self.seq, self.link)
+
+
+def anchor(seq: int, link: str) -> str:
+    """``SEQ.DIGEST``: the newest item's number and the start of its digest ("0.-": empty)."""
+    return f"{seq}.{link[:ANCHOR_CHARS] or '-'}"
+
+
+def digest(sealed_text: bytes) -> str:
+    """The link to an item: SHA-256 of its sealed plaintext, urlsafe base64 without padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(sealed_text).digest())[:-1].decode("ascii")
+
+
+def wrap(item_json: str, seq: int, prev: str) -> str:
+    """The text a v3 token seals: the item's place in its chain, then the item."""
+    return f'{{"seq":{seq},"prev":"{prev}","item":{item_json}}}'
+
+
+def _is_link(value: object) -> bool:
+    return isinstance(value, str) and (value == GENESIS or len(value) == _DIGEST_CHARS)
+
+
+def unwrap(value: dict[str, object]) -> tuple[dict[str, object], int, str]:
+    """(item, seq, prev) of a decoded v3 plaintext; TamperedItemError when it has another shape."""
+    item, seq, prev = value.get("item"), value.get("seq"), value.get("prev")
+    if (
+        len(value) != 3
+        or not isinstance(item, dict)
+        or type(seq) is not int
+        or seq < 1
+        or not _is_link(prev)
+    ):
+        raise TamperedItemError("the sealed content does not have the chained item's shape")
+    assert isinstance(prev, str)
+    return item, seq, prev
+
+
+def first_link(head: Head | None) -> tuple[int, str]:
+    """(seq, prev) for the next item appended after ``head`` (a new chain when None)."""
+    if head is None:
+        return 1, GENESIS
+    return head.seq + 1, head.link
+
+
+# -- heads ------------------------------------------------------------------------------------
+
+
+def seal_head(keyring: Keyring, session_id: str, head: Head) -> str:
+    """The stored form of a head: the primary key id and a Fernet token of its fields."""
+    kid = keyring.primary_kid
+    key = keyring.session_key(kid, session_id)
+    assert key is not None
+    text = json.dumps(
+        {"head": {"branch": head.branch, "seq": head.seq, "link": head.link, "floor": head.floor}},
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
+    return f"{kid} {key.seal(text.encode('ascii'), 0)}"
+
+
+def _head_error(reason: str, branch: str) -> HistoryTamperedError:
+    return HistoryTamperedError(
+        f"the history head {reason}", kind="head mismatch", branch_id=branch
+    )
+
+
+def open_head(stored: str, keyring: Keyring, session_id: str, branch: str) -> Head:
+    """Authenticate a stored head of ``branch``; HistoryTamperedError if it is not one."""
+    kid, _, token = stored.rpartition(" ")
+    key = keyring.session_key(kid, session_id) if kid else None
+    if key is None:
+        if kid and kid not in keyring:
+            raise UnknownKeyIdError(
+                "the history head was sealed under a key id the keyring does not hold; add "
+                "that key to the Keyring to read this session"
+            )
+        raise _head_error("is not in encmem's format", branch)
+    opened = key.open(token)
+    if opened is None:
+        raise _head_error("failed authentication (edited, or copied from elsewhere)", branch)
+    try:
+        fields = json.loads(opened[0].decode("ascii"))["head"]
+        head = Head(fields["branch"], fields["seq"], fields["link"], fields["floor"])
+    except (UnicodeDecodeError, ValueError, StopIteration, KeyError, TypeError):
+        raise _head_error("does not have a head's shape", branch) from None
+    if head.branch != branch:
+        raise _head_error(f"belongs to another branch, not {branch!r}", branch)
+    return head

@@ -1,0 +1,148 @@
+"""Checking a run of opened items against their chain and their branch's head.
+
+Written once over (storage id, link) entries, oldest first, so the decorator's reads, ``pop``
+and the command's ``verify`` all judge a history by the same rules and name what they find
+with the same words (:attr:`encmem.errors.HistoryTamperedError.KINDS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ._chain import Head, Link
+from .errors import HistoryTamperedError
+
+UNREAD = Link(0, "", "")
+"""The link of an item that could not be opened (skip mode): no link is checked across it."""
+
+
+class Entry(NamedTuple):
+    """One stored item as the check sees it: its storage id (None if unknown) and its link
+    (None for an item sealed before chains, :data:`UNREAD` when it could not be opened)."""
+
+    item_id: int | None
+    link: Link | None
+
+
+class Break(NamedTuple):
+    """The first place where a history stops being its branch's chain."""
+
+    kind: str
+    at: int
+    """Index of the first entry that does not fit (``len(entries)`` for a missing tail)."""
+    reason: str
+
+    def error(self, entries: Sequence[Entry], branch: str | None) -> HistoryTamperedError:
+        """The error for this break, located by position from the newest and storage id."""
+        position = len(entries) - self.at if self.at < len(entries) else None
+        item_id = entries[self.at].item_id if self.at < len(entries) else None
+        return HistoryTamperedError(
+            self.reason, kind=self.kind, branch_id=branch, position=position, item_id=item_id
+        )
+
+
+def _pair_break(prev: Link, link: Link, seen: dict[int, str], index: int) -> Break | None:
+    """What is wrong with ``link`` following ``prev`` (None when it follows it exactly)."""
+    if link.digest == seen.get(link.seq):
+        return Break("duplicated", index, f"item {link.seq} of the chain is stored twice")
+    if link.seq in seen:
+        return Break(
+            "resurrected",
+            index,
+            f"a second, older item {link.seq} is stored after the chain moved past it "
+            "(an item removed earlier was put back)",
+        )
+    if link.seq <= prev.seq:
+        return Break("reordered", index, f"item {link.seq} is stored after item {prev.seq}")
+    if link.seq > prev.seq + 1:
+        return Break(
+            "missing", index, f"items {prev.seq + 1} to {link.seq - 1} are missing before it"
+        )
+    if link.prev != prev.digest:
+        return Break(
+            "moved",
+            index,
+            f"item {link.seq} was not written after the item stored before it (copied from "
+            "another branch or an earlier history)",
+        )
+    return None
+
+
+def _floor_break(first: Link, floor: int, seqs: set[int], index: int) -> Break | None:
+    if first.seq == floor:
+        return None
+    if floor in seqs:
+        return Break("reordered", index, f"item {first.seq} is stored before item {floor}")
+    if first.seq < floor:
+        return Break("resurrected", index, f"item {first.seq} was purged or cleared and is back")
+    return Break("missing", index, f"items {floor} to {first.seq - 1} are missing")
+
+
+def _head_break(last: Link | None, head: Head, size: int, indexes: dict[int, int]) -> Break | None:
+    if last is None:
+        if head.empty:
+            return None
+        return Break("missing", size, f"the head says items up to {head.seq} are stored")
+    if last.seq > head.seq:
+        first_extra = min(i for seq, i in indexes.items() if seq > head.seq)
+        return Break(
+            "resurrected",
+            first_extra,
+            f"item {last.seq} is stored past the head's item {head.seq} (a popped or cut "
+            "item was put back)",
+        )
+    if last.seq < head.seq:
+        return Break(
+            "missing", size, f"items {last.seq + 1} to {head.seq} are missing from the end"
+        )
+    if last.digest != head.link:
+        return Break(
+            "head mismatch", size - 1, f"item {last.seq} is not the item the head recorded"
+        )
+    return None
+
+
+def find_break(
+    entries: Sequence[Entry], head: Head | None, *, complete: bool, headed: bool
+) -> Break | None:
+    """The first break in ``entries`` (oldest first), or None when they are a sound chain.
+
+    ``complete``: the entries are the whole branch, so the first must stand at the floor and
+    sealed-before-chains items may only come first. ``headed``: the store keeps heads, so
+    chained items without one mean the head was removed.
+    """
+    seen: dict[int, str] = {}
+    indexes: dict[int, int] = {}
+    prev: Link | None = None
+    chained = False
+    for index, (_, link) in enumerate(entries):
+        if link is None:
+            if chained and complete:
+                return Break(
+                    "unchained", index, "an item without a place in the chain follows chained ones"
+                )
+            continue
+        if link is UNREAD:
+            prev = None
+            continue
+        if prev is not None:
+            found = _pair_break(prev, link, seen, index)
+            if found is not None:
+                return found
+        elif not chained and complete and head is not None:
+            seqs = {e.link.seq for e in entries if e.link is not None}
+            found = _floor_break(link, head.floor, seqs, index)
+            if found is not None:
+                return found
+        chained = True
+        seen[link.seq] = link.digest
+        indexes[link.seq] = index
+        prev = link
+    if head is None:
+        if headed and chained:
+            return Break("head mismatch", len(entries) - 1, "the branch's history head is missing")
+        return None
+    if prev is None and chained:
+        return None  # the newest item could not be opened: reported on its own
+    return _head_break(prev, head, len(entries), indexes)

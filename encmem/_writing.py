@@ -1,0 +1,238 @@
+"""Sealing items into their branch's chain, and the head changes that go with each write.
+
+The callbacks made here run inside a backend's write transaction (HistoryHead capability),
+after the branch's head was read under the writer lock, so two writers never give out one
+sequence number. Sessions without heads (the Agents SDK's, a user's own) are chained from
+their newest item instead, which one process at a time can do safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ._chain import GENESIS, Head, Link, first_link, open_head, seal_head
+from ._envelope import Opened, Opener, seal_link
+from ._items import CorruptRow, Item, encode_items
+from ._keys import Keyring
+from ._protocol import ChainBuild, ForkHead, HeadUpdate, Newest, Session
+from ._reading import OnInvalid
+from .errors import DecryptionError, HistoryTamperedError, PlaintextItemError
+
+logger = logging.getLogger("encmem")
+
+
+_APPEND_LOCKS: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _append_lock(session_id: str) -> asyncio.Lock:
+    """One lock per session id and event loop: appends to a session without heads read its
+    newest item first, so in one process they must take turns, whichever objects they use."""
+    key = (id(asyncio.get_running_loop()), session_id)
+    lock = _APPEND_LOCKS.get(key)
+    if lock is None:
+        lock = _APPEND_LOCKS[key] = asyncio.Lock()
+    return lock
+
+
+class Conflict(Exception):
+    """Another writer changed the branch between a read and the write that relied on it."""
+
+
+class SealRules(Protocol):
+    """What sealing needs to know about its session (EncryptedSession has these)."""
+
+    session_id: str
+    clock: Callable[[], float]
+    max_item_bytes: int | None
+    on_invalid: OnInvalid
+
+    @property
+    def keyring(self) -> Keyring: ...
+
+
+def _head_missing(branch: str) -> HistoryTamperedError:
+    return HistoryTamperedError(
+        "the branch holds chained items but its history head is missing; nothing was written",
+        kind="head mismatch",
+        branch_id=branch,
+    )
+
+
+class Chainer:
+    """Seals one session's items as links of its chain and computes its heads."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, rules: SealRules) -> None:
+        self.rules = rules
+
+    @property
+    def _keyring(self) -> Keyring:
+        return self.rules.keyring
+
+    def open_head(self, stored: str | None, branch: str) -> Head | None:
+        if stored is None:
+            return None
+        return open_head(stored, self._keyring, self.rules.session_id, branch)
+
+    def _readable_head(self, stored: str | None, branch: str) -> Head | None:
+        """The head to extend; in skip mode an unreadable one is replaced by a new chain."""
+        try:
+            return self.open_head(stored, branch)
+        except DecryptionError as exc:
+            if self.rules.on_invalid == "raise":
+                raise exc.located(self.rules.session_id) from None
+            logger.warning(
+                "started a new chain after a history head this keyring cannot read: %s",
+                exc.reason,
+            )
+            return None
+
+    def seal_head(self, head: Head) -> str:
+        return seal_head(self._keyring, self.rules.session_id, head)
+
+    def _opener(self) -> Opener:
+        return Opener(self._keyring, self.rules.session_id, clock=self.rules.clock)
+
+    def link_of(self, obj: Item | CorruptRow | None) -> Link | None:
+        """The chain link of a stored object (None: empty, or sealed before chains).
+
+        An object that cannot be opened (other than plaintext) refuses the write: it may be
+        a chained item, and starting a new chain after it would hide what came before.
+        """
+        if obj is None:
+            return None
+        try:
+            return self._opener().open(obj, remember=False).link
+        except PlaintextItemError:
+            return None
+        except DecryptionError as exc:
+            if self.rules.on_invalid == "skip":
+                return None
+            raise exc.located(self.rules.session_id, 1) from None
+
+    def seal_chain(
+        self, items: Sequence[Item], texts: Sequence[str], seq: int, prev: str
+    ) -> tuple[list[Item], int, str]:
+        """Envelopes for ``items`` as links ``seq``, ``seq+1``... after ``prev``; and the
+        last sequence number and digest."""
+        keyring = self._keyring
+        kid = keyring.primary_kid
+        key = keyring.session_key(kid, self.rules.session_id)
+        assert key is not None
+        now = int(self.rules.clock())
+        envelopes: list[Item] = []
+        for item, text in zip(items, texts, strict=True):
+            envelope, prev = seal_link(key, kid, item, text, now, seq, prev)
+            envelopes.append(envelope)
+            seq += 1
+        return envelopes, seq - 1, prev
+
+    def encode(self, items: list[Any]) -> list[str]:
+        return encode_items(items, self.rules.max_item_bytes)
+
+    def build(self, items: list[Item], texts: list[str]) -> ChainBuild:
+        """The append callback for a store that keeps heads."""
+
+        def build(branch: str, stored: str | None, newest: Newest) -> tuple[list[Item], str]:
+            head = self._readable_head(stored, branch)
+            if head is None and stored is None:
+                if self.link_of(newest()) is not None:
+                    raise _head_missing(branch)
+            if head is None:
+                floor = 1
+            else:
+                floor = head.floor
+            seq, prev = first_link(head)
+            envelopes, last, link = self.seal_chain(items, texts, seq, prev)
+            return envelopes, self.seal_head(Head(branch, last, link, floor))
+
+        return build
+
+    async def append_unheaded(
+        self, session: Session, items: list[Item], texts: list[str], kwargs: dict[str, Any]
+    ) -> None:
+        """Chain after the session's newest item (no head to keep: one writer at a time)."""
+        async with _append_lock(self.rules.session_id):
+            newest = await session.get_items(1, **kwargs)
+            link = self.link_of(newest[-1] if newest else None)
+            seq, prev = (1, GENESIS) if link is None else (link.seq + 1, link.digest)
+            envelopes, _, _ = self.seal_chain(items, texts, seq, prev)
+            await session.add_items(envelopes, **kwargs)
+
+    def after_pop(
+        self, branch: str, seen: str | None, popped: Opened, *, keep_head: bool = False
+    ) -> HeadUpdate:
+        """The head update for popping ``popped``, the newest item when the head was ``seen``
+        (``keep_head``: an older item, under an unreadable newest one that stays)."""
+
+        def update(stored: str | None) -> str | None:
+            if stored != seen:
+                raise Conflict
+            if keep_head:
+                return stored
+            head = self.open_head(stored, branch)
+            link = popped.link
+            if head is None:
+                if link is not None:
+                    raise _head_missing(branch)
+                return None
+            if link is None:
+                if not head.empty:
+                    raise HistoryTamperedError(
+                        "the newest item has no place in the chain the head records",
+                        kind="unchained",
+                        branch_id=branch,
+                    )
+                return stored
+            if (link.seq, link.digest) != (head.seq, head.link):
+                raise HistoryTamperedError(
+                    f"the newest stored item is item {link.seq}, but the head records item "
+                    f"{head.seq}; nothing was popped",
+                    kind="resurrected" if link.seq > head.seq else "head mismatch",
+                    branch_id=branch,
+                )
+            return self.seal_head(Head(branch, link.seq - 1, link.prev, head.floor))
+
+        return update
+
+    def raise_floor(self, branch: str, floor: int) -> HeadUpdate:
+        """The head update for purging every item below ``floor`` from the front."""
+
+        def update(stored: str | None) -> str | None:
+            head = self.open_head(stored, branch)
+            if head is None or floor <= head.floor:
+                return stored
+            return self.seal_head(head._replace(floor=min(floor, head.seq + 1)))
+
+        return update
+
+    def reseal_head(self, branch: str) -> HeadUpdate:
+        """The head update that seals the same head under the primary key (rotation)."""
+
+        def update(stored: str | None) -> str | None:
+            head = self.open_head(stored, branch)
+            return None if head is None else self.seal_head(head)
+
+        return update
+
+    def fork(self) -> ForkHead:
+        """The head of a new branch that holds the source before ``first_left_out``."""
+
+        def fork(
+            source: str, branch: str, source_head: str | None, first_left_out: Item | CorruptRow
+        ) -> str | None:
+            link = self.link_of(first_left_out)
+            if link is None:
+                return None  # the new branch holds items sealed before chains only
+            head = self.open_head(source_head, source)
+            floor = 1 if head is None else head.floor
+            return self.seal_head(Head(branch, link.seq - 1, link.prev, floor))
+
+        return fork
