@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from encmem import _turns as turns
 from encmem._items import Item
-from encmem._protocol import StoredItem, TurnRow
+from encmem._protocol import ForkHead, StoredItem, TurnRow
 from encmem._settings import SessionSettings, resolve_limit
 from encmem.errors import BranchError, MissingTablesError
 
@@ -40,6 +40,8 @@ from ._advanced_sqlalchemy_schema import AdvancedTables, create_advanced_tables
 from ._advanced_sqlite import _check_branch_id
 from ._rows import plain_item, plain_items
 from ._sqlalchemy import SQLAlchemySession
+from ._sqlalchemy_schema import SessionTables
+from ._sqlalchemy_statements import SessionStatements
 
 __all__ = ["AdvancedSQLAlchemySession"]
 
@@ -82,10 +84,21 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
             session_settings=session_settings,
             ensure_ascii=ensure_ascii,
         )
-        self._advanced = AdvancedTables(self._tables, engine.dialect)
+        self._tables, self._sql, self._advanced = self._shared_tables()
         self._q = AdvancedQueries(self._advanced, session_id)
         self._logger = logger if logger is not None else _module_logger
         self._branch = MAIN
+
+    def _shared_tables(self) -> tuple[SessionTables, SessionStatements, AdvancedTables]:
+        """The engine's table and statement objects for these table names, made once."""
+        key = ("advanced", self.sessions_table, self.messages_table)
+        found = self._state.shared.get(key)
+        if not isinstance(found, tuple):
+            dialect = self._engine.dialect
+            tables = SessionTables(self.sessions_table, self.messages_table, dialect)
+            found = (tables, SessionStatements(tables, dialect), AdvancedTables(tables, dialect))
+            self._state.shared[key] = found
+        return found
 
     @property
     def current_branch_id(self) -> str:
@@ -156,6 +169,32 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    # -- what the history heads of SQLAlchemySession need to know about branches ----------
+
+    def _current_branch(self) -> str:
+        return self._branch
+
+    def _head_branch(self, branch_id: str | None) -> str:
+        return self._target(branch_id)
+
+    async def _branch_rows(
+        self, conn: AsyncConnection, branch: str, limit: int | None
+    ) -> list[StoredItem]:
+        return await self._q.select_tail(conn, branch, limit, None)
+
+    async def _append_rows(
+        self, conn: AsyncConnection, branch: str, items: Sequence[Item], texts: list[str]
+    ) -> None:
+        await self._q.require_writable_branch(conn, branch)
+        ids = await self._q.insert_messages(conn, texts)
+        await self._q.insert_structure(conn, branch, ids, list(items))
+
+    async def _delete_rows(self, conn: AsyncConnection, branch: str, ids: Sequence[int]) -> int:
+        return await self._q.delete_items(conn, branch, list(ids))
+
+    async def _head_write(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        return await self._write(operation, upsert=True)
+
     async def _read(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self._transaction(write=False) as conn:
             return await operation(conn)
@@ -188,7 +227,14 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
 
     async def clear_session(self) -> None:
         """Delete every item, branch and usage row of the session; back on ``main``."""
-        await self._write(self._q.clear)
+        q, heads = self._q, self._heads if await self._has_heads() else None
+
+        async def clear(conn: AsyncConnection) -> None:
+            if heads is not None:
+                await heads.clear(conn)
+            await q.clear(conn)
+
+        await self._write(clear)
         self._branch = MAIN
 
     # -- item addressing (current branch unless told) -------------------------------------
@@ -264,21 +310,33 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
     # -- branches -------------------------------------------------------------------------
 
     async def create_branch_from_turn(
-        self, turn_number: int, branch_name: str | None = None
+        self, turn_number: int, branch_name: str | None = None, *, fork: ForkHead | None = None
     ) -> str:
         """Branch before user turn ``turn_number`` of the current branch and switch to it.
 
         The new branch holds the turns before ``turn_number`` (none for turn 1: an empty
         branch, listed and switchable). Returns its id, ``branch_name`` or a generated one.
+        ``fork`` (EncryptedSession's) makes the new branch's history head in the same
+        transaction.
         """
         if isinstance(turn_number, bool) or not isinstance(turn_number, int):
             raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
         if branch_name is not None:
             _check_branch_id(branch_name, "branch_name")
         source, q = self._branch, self._q
-        created = await self._write(
-            lambda conn: q.create_branch(conn, source, turn_number, branch_name)
-        )
+        if fork is not None:
+            await self._require_heads()
+
+        async def create(conn: AsyncConnection) -> str:
+            branch = await q.create_branch(conn, source, turn_number, branch_name)
+            if fork is not None:
+                turns = await analytics.user_turn_rows(conn, q, source)
+                left_out = next(row.item for row in turns if row.turn == turn_number)
+                source_head = await self._heads.read(conn, source)
+                await self._heads.store(conn, branch, fork(source, branch, source_head, left_out))
+            return branch
+
+        created = await self._write(create)
         self._branch = created
         self._logger.debug("created branch %r from turn %d of %r", created, turn_number, source)
         return created
@@ -305,8 +363,14 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
                 f"{branch_id!r} is the current branch; switch_to_branch() to another first, "
                 "or pass force=True to delete it and go back to 'main'"
             )
-        q = self._q
-        rows, usage = await self._write(lambda conn: q.delete_branch(conn, branch_id))
+        q, heads = self._q, self._heads if await self._has_heads() else None
+
+        async def delete(conn: AsyncConnection) -> tuple[int, int]:
+            if heads is not None:
+                await heads.store(conn, branch_id, None)
+            return await q.delete_branch(conn, branch_id)
+
+        rows, usage = await self._write(delete)
         if current:
             self._branch = MAIN
         self._logger.info(

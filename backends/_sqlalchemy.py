@@ -16,15 +16,16 @@ per engine, which saves busy-waiting) does the same.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from encmem._items import Item, check_session_id, decode_stored, encode_items
-from encmem._protocol import StoredItem
+from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, StoredItem
 from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import MissingTablesError, SessionClosedError
 
@@ -37,10 +38,14 @@ from ._sqlalchemy_engine import (
     release_engine,
     release_unused_engine,
 )
+from ._sqlalchemy_heads import HeadStatements
 from ._sqlalchemy_schema import SessionTables, create_tables, missing_tables
 from ._sqlalchemy_statements import SessionStatements
 
 _Session = TypeVar("_Session", bound="SQLAlchemySession")
+T = TypeVar("T")
+MAIN = "main"
+"""The one branch of a session without branches, under which its head is kept."""
 
 
 class SQLAlchemySession:
@@ -209,6 +214,8 @@ class SQLAlchemySession:
         """Delete every item of the session and its session row."""
         async with self._transaction(write=True) as conn:
             await self._sql.claim_session(conn, self.session_id)
+            if await self._has_heads():
+                await self._heads.clear(conn)
             await self._sql.clear(conn, self.session_id)
 
     # -- item addressing ------------------------------------------------------------------
@@ -249,3 +256,139 @@ class SQLAlchemySession:
         async with self._transaction(write=True) as conn:
             await self._sql.claim_session(conn, self.session_id)
             return await self._sql.replace_ids(conn, self.session_id, pairs)
+
+    # -- history heads (kept for EncryptedSession; opaque here) ----------------------------
+
+    @functools.cached_property
+    def _heads(self) -> HeadStatements:
+        return HeadStatements(self._tables.heads, self._engine.dialect, self.session_id)
+
+    async def _has_heads(self) -> bool:
+        """Whether the heads table exists (created with the others since encmem 0.3)."""
+        key = (*self._tables.names, "heads")
+        if key in self._state.ready:
+            return True
+        if await missing_tables(self._engine, (self._tables.heads.name,)):
+            return False
+        self._state.ready.add(key)
+        return True
+
+    async def _require_heads(self) -> None:
+        await self._ensure_ready()
+        if await self._has_heads():
+            return
+        if self._create_tables:
+            await create_tables(self._engine, self._tables)
+            return
+        raise MissingTablesError(
+            f"EncryptedSession keeps each session's history head in table "
+            f"{self._tables.heads.name}, which the database lacks; create it once with "
+            f"{type(self).__name__}(..., create_tables=True), or apply `encmem schema`",
+            tables=[self._tables.heads.name],
+        )
+
+    def _current_branch(self) -> str:
+        return MAIN
+
+    def _head_branch(self, branch_id: str | None) -> str:
+        if branch_id is not None and branch_id != MAIN:
+            raise ValueError(f"{type(self).__name__} has one branch, 'main', not {branch_id!r}")
+        return MAIN
+
+    async def _branch_rows(
+        self, conn: AsyncConnection, branch: str, limit: int | None
+    ) -> list[StoredItem]:
+        return decode_rows(await self._sql.newest_rows(conn, self.session_id, limit, None))
+
+    async def _append_rows(
+        self, conn: AsyncConnection, branch: str, items: Sequence[Item], texts: list[str]
+    ) -> None:
+        await self._sql.insert_items(conn, self.session_id, texts)
+
+    async def _delete_rows(self, conn: AsyncConnection, branch: str, ids: Sequence[int]) -> int:
+        return await self._sql.delete_ids(conn, self.session_id, sorted(set(ids)))
+
+    async def _head_write(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """One write transaction under the session's writer lock (the session row)."""
+        async with self._transaction(write=True) as conn:
+            await self._sql.touch_session(conn, self.session_id)
+            return await operation(conn)
+
+    async def get_head_and_items(
+        self, limit: int | None = None, *, branch_id: str | None = None
+    ) -> HeadedItems:
+        """The branch's stored head and newest ``limit`` items, as of one moment: the head
+        is read before and after the items, and the read is repeated if it moved."""
+        effective = resolve_limit(limit, self.session_settings)
+        branch = self._head_branch(branch_id)
+        await self._require_heads()
+        heads = self._heads
+        async with self._transaction(write=False) as conn:
+            while True:
+                head = await heads.read(conn, branch)
+                rows = await self._branch_rows(conn, branch, effective) if effective != 0 else []
+                if await heads.read(conn, branch) == head:
+                    return HeadedItems(branch, head, rows)
+
+    async def append_chained(self, build: ChainBuild) -> None:
+        """Append what ``build`` seals after reading the head under the writer lock."""
+        self._check_open()
+        await self._require_heads()
+        branch, heads = self._current_branch(), self._heads
+
+        async def append(conn: AsyncConnection) -> None:
+            head = await heads.read(conn, branch)
+            newest = await self._branch_rows(conn, branch, 1)
+            items, new_head = build(branch, head, lambda: newest[0].item if newest else None)
+            texts = self._encode(items)
+            if texts:
+                await self._append_rows(conn, branch, items, texts)
+            await heads.store(conn, branch, new_head)
+
+        await self._head_write(append)
+
+    async def delete_with_head(
+        self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None
+    ) -> int:
+        """Delete items by id and change the branch's head, in one transaction."""
+        wanted = [int(i) for i in ids]
+        branch = self._current_branch() if branch_id is None else self._head_branch(branch_id)
+        await self._require_heads()
+        heads = self._heads
+
+        async def delete(conn: AsyncConnection) -> int:
+            await heads.change(conn, branch, update)
+            return await self._delete_rows(conn, branch, wanted) if wanted else 0
+
+        return await self._head_write(delete)
+
+    async def update_heads(
+        self, updates: Mapping[str, HeadUpdate], replacements: Mapping[int, Item] | None = None
+    ) -> None:
+        """Replace items in place and the heads of these branches, in one transaction."""
+        pairs = [
+            (int(item_id), text)
+            for item_id, text in zip(
+                (replacements or {}).keys(),
+                self._encode(list((replacements or {}).values())),
+                strict=True,
+            )
+        ]
+        branches = {self._head_branch(branch): update for branch, update in updates.items()}
+        await self._require_heads()
+        heads = self._heads
+
+        async def change(conn: AsyncConnection) -> None:
+            if pairs:
+                await self._sql.replace_ids(conn, self.session_id, pairs)
+            for branch, update in branches.items():
+                await heads.change(conn, branch, update)
+
+        await self._head_write(change)
+
+    async def list_head_branches(self) -> list[str]:
+        """Every branch of the session that has a stored head."""
+        if not await self._has_heads():
+            return []
+        async with self._transaction(write=False) as conn:
+            return await self._heads.branches(conn)

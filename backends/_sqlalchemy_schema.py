@@ -96,6 +96,19 @@ class SessionTables:
             self.messages.c.session_id,
             self.messages.c.id,
         )
+        # EncryptedSession's history heads: one opaque text per session and branch.
+        self.heads = Table(
+            f"{messages_table}_heads",
+            metadata,
+            Column(
+                "session_id",
+                String,
+                ForeignKey(f"{sessions_table}.session_id", ondelete="CASCADE"),
+                primary_key=True,
+            ),
+            Column("branch_id", String, primary_key=True),
+            Column("head", Text, nullable=False),
+        )
 
 
 async def create_tables(engine: AsyncEngine, tables: SessionTables) -> None:
@@ -104,6 +117,7 @@ async def create_tables(engine: AsyncEngine, tables: SessionTables) -> None:
         CreateTable(tables.sessions, if_not_exists=True),
         CreateTable(tables.messages, if_not_exists=True),
         CreateIndex(tables.index, if_not_exists=True),
+        CreateTable(tables.heads, if_not_exists=True),
     ]
     is_postgresql = engine.dialect.name == "postgresql"
     for attempt in (1, 2):
