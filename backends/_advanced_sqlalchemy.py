@@ -30,13 +30,13 @@ from encmem._protocol import ForkHead, StoredItem, TurnRow
 from encmem._settings import SessionSettings, resolve_limit
 from encmem.errors import BranchError, MissingTablesError
 
-from . import _advanced_items as advanced_items
 from . import _advanced_sqlalchemy_analytics as analytics
 from . import _sqlalchemy_schema as base_schema
 from ._advanced_queries import MAIN
 from ._advanced_schema import BRANCHES
 from ._advanced_sqlalchemy_queries import AdvancedQueries
 from ._advanced_sqlalchemy_schema import AdvancedTables, create_advanced_tables
+from ._advanced_sqlalchemy_usage import UsageReports
 from ._advanced_sqlite import _check_branch_id
 from ._rows import plain_item, plain_items
 from ._sqlalchemy import SQLAlchemySession
@@ -60,7 +60,7 @@ def _retryable(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _RETRYABLE
 
 
-class AdvancedSQLAlchemySession(SQLAlchemySession):
+class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
     """SQLAlchemy history with conversation branches, turn structure and per-turn token usage."""
 
     def __init__(
@@ -381,53 +381,3 @@ class AdvancedSQLAlchemySession(SQLAlchemySession):
         """Every live branch: id, message count, user turns, is_current, created_at."""
         current, q = self._branch, self._q
         return await self._read(lambda conn: q.list_branches(conn, current))
-
-    # -- structure and usage --------------------------------------------------------------
-
-    async def get_conversation_by_turns(
-        self, branch_id: str | None = None
-    ) -> dict[int, list[dict[str, str | None]]]:
-        """``{turn: [{"type", "tool_name"}, ...]}`` for the branch, in order."""
-        branch, q = self._target(branch_id), self._q
-        return await self._read(lambda conn: analytics.conversation_by_turns(conn, q, branch))
-
-    async def get_tool_usage(self, branch_id: str | None = None) -> list[tuple[str, int, int]]:
-        """``[(tool_name, count, turn), ...]`` for the branch, by turn."""
-        branch, q = self._target(branch_id), self._q
-        return await self._read(lambda conn: analytics.tool_usage(conn, q, branch))
-
-    async def store_run_usage(self, result: Any) -> None:
-        """Add a run's token usage to the current turn of the current branch.
-
-        Reads ``result.context_wrapper.usage``. Calling it twice for one turn adds up; on an
-        empty branch nothing is recorded. Failures raise (nothing is swallowed).
-        """
-        try:
-            usage = result.context_wrapper.usage
-        except AttributeError:
-            raise TypeError(
-                "store_run_usage takes the result of Runner.run (it reads "
-                "result.context_wrapper.usage)"
-            ) from None
-        if usage is None:
-            return
-        numbers = advanced_items.usage_numbers(usage)
-        branch, q = self._branch, self._q
-        turn = await self._write(lambda conn: analytics.store_usage(conn, q, branch, numbers))
-        if turn is None:
-            self._logger.debug("no usage stored: branch %r has no items yet", branch)
-
-    async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
-        """Usage summed over every branch (or ``branch_id``); None when nothing was stored."""
-        branch = None if branch_id is None else _check_branch_id(branch_id)
-        q = self._q
-        return await self._read(lambda conn: analytics.session_usage(conn, q, branch))
-
-    async def get_turn_usage(
-        self, user_turn_number: int | None = None, branch_id: str | None = None
-    ) -> list[dict[str, Any]] | dict[str, Any]:
-        """One turn's usage as a dict ({} if none), or every turn's as a list."""
-        branch, q = self._target(branch_id), self._q
-        return await self._read(
-            lambda conn: analytics.turn_usage(conn, q, branch, user_turn_number)
-        )
