@@ -63,7 +63,10 @@ class EngineState:
 
     def __init__(self, engine: AsyncEngine) -> None:
         is_sqlite = engine.dialect.name == "sqlite"
-        self.ready: set[tuple[str, str]] = set()
+        self.ready: set[tuple[str, ...]] = set()
+        #: objects sessions on this engine can share, by what they depend on; reusing one
+        #: Table object lets SQLAlchemy reuse the compiled SQL of every session's statements
+        self.shared: dict[Hashable, object] = {}
         # SQLite has one writer at a time anyway: queueing in-process beats its busy-wait.
         self.serialise_writes = is_sqlite
         # A single shared connection (in-memory databases) must not interleave at all.
@@ -164,6 +167,18 @@ _SHARED_BY_ENGINE: dict[int, Hashable] = {}
 _SHARED_LOCK = threading.Lock()  # sessions may be made from several threads' loops
 
 
+def _bounded(url: URL, options: dict[str, Any]) -> dict[str, Any]:
+    """A server database's shared pool holds ``pool_size`` connections and never more.
+
+    One pool serves every session of a process, so a fixed size is what lets an operator
+    budget ``max_connections`` (processes x pool_size): SQLAlchemy's default overflow of 10
+    would take 8 processes to 120 connections. Options the caller gives win.
+    """
+    if url.get_backend_name() != "postgresql" or {"max_overflow", "poolclass"} & set(options):
+        return options
+    return {**options, "max_overflow": 0}
+
+
 def acquire_engine(url: str | URL, engine_kwargs: Mapping[str, Any] | None = None) -> AsyncEngine:
     """The process's engine for ``url`` and these options on this event loop, one more user.
 
@@ -171,13 +186,15 @@ def acquire_engine(url: str | URL, engine_kwargs: Mapping[str, Any] | None = Non
     """
     options = dict(engine_kwargs or {})
     loop = _running_loop()
-    rendered = make_url(url).render_as_string(hide_password=False)
+    parsed = make_url(url)
+    rendered = parsed.render_as_string(hide_password=False)
     key = (rendered, _frozen(options), id(loop))
     with _SHARED_LOCK:
         entry = _SHARED.get(key)
         if entry is None or not entry.serves(loop):
             # New, or left by a loop that is gone (its id reused): start afresh.
-            entry = _SharedEngine(open_engine(rendered, options), loop, options)
+            made = open_engine(rendered, _bounded(parsed, options))
+            entry = _SharedEngine(made, loop, options)
             _SHARED[key] = entry
             _SHARED_BY_ENGINE[id(entry.engine)] = key
         entry.users += 1
