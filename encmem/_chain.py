@@ -14,7 +14,6 @@ items with their head, so a cut tail, a re-inserted pop or a copied branch disag
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from typing import NamedTuple
@@ -25,9 +24,9 @@ from .errors import HistoryTamperedError, TamperedItemError, UnknownKeyIdError
 GENESIS = ""
 """The ``prev`` of the first item of a chain."""
 
-_DIGEST_CHARS = 43  # unpadded urlsafe base64 of 32 bytes
-ANCHOR_CHARS = 22
-"""How much of a digest an anchor keeps (132 bits)."""
+_DIGEST_CHARS = 64  # SHA-256 in hex
+ANCHOR_CHARS = 32
+"""How much of a digest an anchor keeps (128 bits)."""
 
 
 class Link(NamedTuple):
@@ -62,8 +61,8 @@ def anchor(seq: int, link: str) -> str:
 
 
 def digest(sealed_text: bytes) -> str:
-    """The link to an item: SHA-256 of its sealed plaintext, urlsafe base64 without padding."""
-    return base64.urlsafe_b64encode(hashlib.sha256(sealed_text).digest())[:-1].decode("ascii")
+    """The link to an item: SHA-256 of its sealed plaintext, in hex."""
+    return hashlib.sha256(sealed_text).hexdigest()
 
 
 def wrap(item_json: str, seq: int, prev: str) -> str:

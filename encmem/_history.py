@@ -79,13 +79,16 @@ def _floor_break(first: Link, floor: int, seqs: set[int], index: int) -> Break |
     return Break("missing", index, f"items {floor} to {first.seq - 1} are missing")
 
 
-def _head_break(last: Link | None, head: Head, size: int, indexes: dict[int, int]) -> Break | None:
+def _head_break(last: Link | None, head: Head, entries: Sequence[Entry]) -> Break | None:
+    size = len(entries)
     if last is None:
         if head.empty:
             return None
         return Break("missing", size, f"the head says items up to {head.seq} are stored")
     if last.seq > head.seq:
-        first_extra = min(i for seq, i in indexes.items() if seq > head.seq)
+        first_extra = next(
+            i for i, e in enumerate(entries) if e.link is not None and e.link.seq > head.seq
+        )
         return Break(
             "resurrected",
             first_extra,
@@ -112,8 +115,6 @@ def find_break(
     sealed-before-chains items may only come first. ``headed``: the store keeps heads, so
     chained items without one mean the head was removed.
     """
-    seen: dict[int, str] = {}
-    indexes: dict[int, int] = {}
     prev: Link | None = None
     chained = False
     for index, (_, link) in enumerate(entries):
@@ -127,17 +128,14 @@ def find_break(
             prev = None
             continue
         if prev is not None:
-            found = _pair_break(prev, link, seen, index)
-            if found is not None:
-                return found
+            if link.seq != prev.seq + 1 or link.prev != prev.digest:
+                return _pair_break(prev, link, _seen(entries, index), index)
         elif not chained and complete and head is not None:
             seqs = {e.link.seq for e in entries if e.link is not None}
             found = _floor_break(link, head.floor, seqs, index)
             if found is not None:
                 return found
         chained = True
-        seen[link.seq] = link.digest
-        indexes[link.seq] = index
         prev = link
     if head is None:
         if headed and chained:
@@ -145,4 +143,13 @@ def find_break(
         return None
     if prev is None and chained:
         return None  # the newest item could not be opened: reported on its own
-    return _head_break(prev, head, len(entries), indexes)
+    return _head_break(prev, head, entries)
+
+
+def _seen(entries: Sequence[Entry], end: int) -> dict[int, str]:
+    """seq -> digest of the chained entries before ``end`` (to name what a break is)."""
+    return {
+        e.link.seq: e.link.digest
+        for e in entries[:end]
+        if e.link is not None and e.link is not UNREAD
+    }

@@ -94,7 +94,6 @@ class EncryptedSession:
         self._plaintext_cache = check_cache_size(plaintext_cache)
         self.max_item_bytes = check_max_item_bytes(max_item_bytes)
         self.keyring = as_keyring(encryption_key)
-        self._chainer = Chainer(self)
         self._caps = Capabilities.of(underlying)
         self._forward_wrapper = all(
             _accepts(getattr(underlying, name), "wrapper") for name in HISTORY_METHODS
@@ -118,6 +117,7 @@ class EncryptedSession:
     def _start_reader(self, keyring: Keyring) -> None:
         opener = Opener(keyring, self.session_id, self._plaintext_cache, self._now)
         self._reader = Reader(self, opener)
+        self._chainer = Chainer(self)
 
     def _forget_plaintexts(self) -> None:
         self._start_reader(self.keyring)

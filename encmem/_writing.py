@@ -67,10 +67,12 @@ def _head_missing(branch: str) -> HistoryTamperedError:
 class Chainer:
     """Seals one session's items as links of its chain and computes its heads."""
 
-    __slots__ = ("rules",)
+    __slots__ = ("_known", "rules")
 
     def __init__(self, rules: SealRules) -> None:
         self.rules = rules
+        self._known: tuple[str, Head] | None = None
+        """The head this chainer sealed last: met again, it needs no decryption."""
 
     @property
     def _keyring(self) -> Keyring:
