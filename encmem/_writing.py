@@ -144,13 +144,9 @@ class Chainer:
 
         def build(branch: str, stored: str | None, newest: Newest) -> tuple[list[Item], str]:
             head = self._readable_head(stored, branch)
-            if head is None and stored is None:
-                if self.link_of(newest()) is not None:
-                    raise _head_missing(branch)
-            if head is None:
-                floor = 1
-            else:
-                floor = head.floor
+            if stored is None and self.link_of(newest()) is not None:
+                raise _head_missing(branch)
+            floor = 1 if head is None else head.floor
             seq, prev = first_link(head)
             envelopes, last, link = self.seal_chain(items, texts, seq, prev)
             return envelopes, self.seal_head(Head(branch, last, link, floor))
