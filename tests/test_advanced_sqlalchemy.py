@@ -86,8 +86,13 @@ PLACES = [("advanced-sqlalchemy-sqlite", "sqlite"), ("advanced-sqlalchemy-pg", "
 
 
 @pytest.fixture(
-    params=[(kind, mode) for kind, _ in PLACES for mode in ("plain", "encrypted")],
-    ids=lambda p: f"{p[0]}-{p[1]}",
+    # AdvancedSQLiteSession runs these tests in make test-fast; here, the one-scenario
+    # comparisons below stand for them there, and the full runs are left to make test.
+    params=[
+        pytest.param((kind, mode), marks=pytest.mark.slow, id=f"{kind}-{mode}")
+        for kind, _ in PLACES
+        for mode in ("plain", "encrypted")
+    ],
 )
 async def opener(
     request: pytest.FixtureRequest, tmp_path: Path, keyring: Keyring
