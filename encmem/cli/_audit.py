@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from .._envelope import (
     FORMAT_VERSION,
+    SDK_FORMAT_VERSION,
     is_envelope,
     looks_sealed,
     open_envelope,
@@ -21,12 +23,13 @@ from .._keys import Keyring
 from .._protocol import SessionStore
 from .._reading import is_expired
 from ..errors import DecryptionError, TamperedItemError
-from ._diagnosis import EXIT_KEYS, Diagnosis, plural
+from ._diagnosis import EXIT_FINDINGS, EXIT_KEYS, Diagnosis, plural
+from ._history_audit import HeadArg, history_findings, is_unchained, not_chained
 from ._walk import all_items, branches, distinct_items, iso, kid_label, once_each
 
 EXIT_OK = 0
-EXIT_FINDINGS = 1
 _UNSHOWN_KID = "<invalid>"
+_COUNTS = ("items", "plaintext", "sdk_v1", "unchained", "expired", "unreadable")
 
 
 def _count_item(
@@ -50,8 +53,9 @@ def _count_item(
         return None
     assert isinstance(obj, dict)
     kids[kid_label(obj.get("kid")) or _UNSHOWN_KID] += 1
-    if obj.get("v") != FORMAT_VERSION:
-        tally["sdk_v1"] += 1
+    if is_unchained(obj):
+        tally["unchained"] += 1
+        tally["sdk_v1"] += int(obj.get("v") == SDK_FORMAT_VERSION)
     if keyring is None:
         try:
             return token_timestamp(str(obj.get("payload", "")))
@@ -75,7 +79,7 @@ async def _inspect_session(
     session = store.session(session_id)
     found = await branches(session)
     kids: Counter[str] = Counter()
-    tally = Counter({"items": 0, "plaintext": 0, "sdk_v1": 0, "expired": 0, "unreadable": 0})
+    tally = Counter(dict.fromkeys(_COUNTS, 0))
     times: list[int] = []
     for _, _, obj in once_each(await all_items(session, found)):
         sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids)
@@ -100,14 +104,18 @@ async def inspect_store(
         for session_id in await store.session_ids()
     ]
     totals: dict[str, int | None] = {}
-    for name in ("items", "plaintext", "sdk_v1", "expired", "unreadable"):
+    for name in _COUNTS:
         counts = [row[name] for row in sessions]
         totals[name] = None if None in counts else sum(counts)
     if keyring is None:
         totals["expired"] = None  # nothing could be checked without a key
+    # Items sealed before chains (v2, and the SDK's v1, which sdk_v1 counts too): a total of
+    # its own, beside the totals that readers of this report already know.
+    unchained = totals.pop("unchained")
     report = {
         "sessions": sessions,
         "totals": {"sessions": len(sessions), **totals},
+        "unchained": unchained,
         "keys_given": keyring is not None,
         "times_authenticated": keyring is not None,
         "ttl": ttl,
@@ -115,16 +123,15 @@ async def inspect_store(
     return EXIT_OK, report
 
 
-async def verify_store(
-    store: SessionStore, keyring: Keyring, ttl: float | None
-) -> tuple[int, dict[str, Any]]:
-    """Every item, opened: exit 0 when all are valid, 1 with findings, 3 with key problems
-    (a key id the keys lack, or one whose key opens none of its items: reported once)."""
+async def _item_pass(
+    store: SessionStore, diagnosis: Diagnosis, ttl: float | None
+) -> tuple[int, Counter[str]]:
+    """Open every item once, recording what is wrong with each; how many were checked, and
+    per session how many opened items were sealed before chains."""
     now = time.time()
-    problems: list[dict[str, Any]] = []
-    diagnosis = Diagnosis(keyring, problems)
+    problems = diagnosis.findings
     checked = 0
-    before = await store.count_items()
+    unchained: Counter[str] = Counter()
     async for session_id, stored in distinct_items(store):
         checked += 1
         opened = diagnosis.open(session_id, stored)
@@ -132,9 +139,28 @@ async def verify_store(
             continue
         place = {"session_id": session_id, "branch_id": stored[0], "storage_id": stored[1]}
         if opened.version != FORMAT_VERSION:
+            unchained[session_id] += 1
+        if opened.version == SDK_FORMAT_VERSION:
             problems.append({**place, "problem": "sdk-v1-format (run encmem encrypt)"})
         elif is_expired(opened.sealed_at, ttl, now):
             problems.append({**place, "problem": "expired-not-purged"})
+    return checked, unchained
+
+
+async def verify_store(
+    store: SessionStore, keyring: Keyring, ttl: float | None, heads: Sequence[HeadArg] = ()
+) -> tuple[int, dict[str, Any]]:
+    """Every item, opened, then every branch of every session checked as a history (and
+    against the ``heads`` anchors): exit 0 when all are valid, 1 with findings, 3 with key
+    problems (a key id the keys lack, or one whose key opens none of its items: reported
+    once)."""
+    problems: list[dict[str, Any]] = []
+    diagnosis = Diagnosis(keyring, problems)
+    before = await store.count_items()
+    checked, unchained = await _item_pass(store, diagnosis, ttl)
+    problems.extend(not_chained(unchained))
+    histories, histories_checked = await history_findings(store, keyring, heads)
+    problems.extend(histories)
     key_problem = diagnosis.settle()
     # Rows written or removed by others during the walk move the count; a row that was
     # there from start to end and never reached cannot.
@@ -155,6 +181,8 @@ async def verify_store(
         "keys_ok": not key_problem,
         "checked": checked,
         "unopened": diagnosis.unopened(),
+        "histories": histories_checked,
+        "anchors": len(heads),
         "problems": problems,
     }
     if key_problem:

@@ -18,8 +18,9 @@ from .._items import CorruptRow, Item
 from .._keys import Keyring
 from .._protocol import SessionStore
 from ..errors import CommandError, EncmemError, InvalidKeyError
-from ._audit import EXIT_FINDINGS, EXIT_OK, inspect_store, verify_store
+from ._audit import EXIT_OK, inspect_store, verify_store
 from ._diagnosis import (
+    EXIT_FINDINGS,
     EXIT_KEYS,
     EXIT_STORE,
     Diagnosis,
@@ -29,6 +30,7 @@ from ._diagnosis import (
     token_authenticates,
 )
 from ._export import EXIT_USAGE, export_session
+from ._history_audit import chain_counts
 from ._progress import ProgressBar
 from ._report import safe
 from ._walk import distinct_items, iso
@@ -153,11 +155,14 @@ async def run_maintenance(
     skip_unreadable: bool,
     batch_size: int,
     prechecked: bool = False,
+    count_chains: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     """purge / rotate / encrypt: a dry pass first, so a wrong key changes nothing.
 
     ``prechecked``: that dry pass already ran and passed (on the store opened read-only
-    before this one was opened to write), so it is not made again.
+    before this one was opened to write), so it is not made again. ``count_chains``: the
+    report of rotate and encrypt says how many sessions hold items not in a chain (those
+    the pass chains), counted before it runs.
     """
     jobs = {
         "rotate": maintenance.rotate_store,
@@ -166,19 +171,21 @@ async def run_maintenance(
     }
     job: Any = jobs[kind]
     args: tuple[Any, ...] = (store, keyring) if kind != "purge" else (store, keyring, ttl)
+    chains = count_chains and kind != "purge"
     if not prechecked:
         await check_primary_key(store, keyring)
         preview = await job(*args, batch_size=batch_size, dry_run=True)
         if preview["unreadable"] and not skip_unreadable:
             raise await _refusal(kind, store, keyring)
         if dry_run:
-            return EXIT_OK, preview
+            return EXIT_OK, {**preview, **(await chain_counts(store, kind) if chains else {})}
+    counts = await chain_counts(store, kind) if chains else {}
     bar = ProgressBar(kind)
     try:
         result = await job(*args, batch_size=batch_size, progress=bar)
     finally:
         bar.finish()
-    return EXIT_OK, result
+    return EXIT_OK, {**result, **counts}
 
 
 # -- export / erase -------------------------------------------------------------------------

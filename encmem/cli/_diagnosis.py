@@ -25,6 +25,7 @@ from .._protocol import SessionStore
 from ..errors import DecryptionError, InvalidItemError, UnknownKeyIdError
 from ._walk import Stored, distinct_items, kid_label
 
+EXIT_FINDINGS = 1
 EXIT_KEYS = 3
 EXIT_STORE = 4
 _UNSHOWN = "<a key id that is not a valid one>"

@@ -2,7 +2,7 @@
 
 Exit codes follow the type of the error (``_EXIT_BY_TYPE``), never its wording: 0 success;
 1 findings; 2 usage; 3 keys; 4 the store; 5 unexpected (the epilog below says more). inspect,
-verify, export and dry runs open the store read-only. Reference: docs/cli.md.
+verify, head, export and dry runs open the store read-only. Reference: docs/cli.md.
 """
 
 from __future__ import annotations
@@ -30,149 +30,16 @@ from ..errors import (
     UnsupportedOperation,
 )
 from . import _commands as commands
-from ._args import busy_timeout, key_id, out_path, parse_ttl, positive_int, table_name
 from ._export import Output, open_private, silence_stdout
+from ._history_audit import history_heads
+from ._parser import build_parser
 from ._report import export_notice, print_report, safe
 
-_EPILOG = """\
-keys: from --key-file FILE, else ENCMEM_KEYS ('kid:key,kid:key', primary first), else
-ENCMEM_KEY (one key). Keys never appear in output, logs or errors.
-
-inspect, verify, export and every --dry-run only read: they open the store read-only.
-
-exit codes:
-  0    success
-  1    findings: verify found problems, or erase was not confirmed
-  2    usage error, an export file that exists or cannot be created, or output (stdout
-       or the export file) that cannot be written
-  3    key problem: no key, a malformed key, a key id the keys lack, a key that opens none
-       of its key id's items, or items that fail authentication (nothing was changed)
-  4    store problem: no such file, not a session store, read-only (for a command that
-       writes), locked, unreachable, no such session, plaintext or unreadable rows
-  5    unexpected error (run with --debug to see the traceback)
-  6    erase deleted the rows, but another reader kept the WAL from being emptied: old
-       copies of the pages remain until `erase --finish` runs after the readers are done
-  130  interrupted (purge, rotate, encrypt: every finished batch is committed)
-"""
-
-def _store_command(
-    sub: Any, name: str, help_text: str, keys: bool = True
-) -> argparse.ArgumentParser:
-    """A subcommand working on a store (DB), with the options every such command takes."""
-    cmd: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cmd.add_argument(
-        "db",
-        metavar="DB",
-        help="a SQLite file, or a database URL (postgresql://..., sqlite+aiosqlite:///...)",
-    )
-    cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    cmd.add_argument(
-        "--sessions-table",
-        type=table_name("--sessions-table"),
-        default="agent_sessions",
-        metavar="NAME",
-        help="the sessions table (default: %(default)s)",
-    )
-    cmd.add_argument(
-        "--messages-table",
-        type=table_name("--messages-table"),
-        default="agent_messages",
-        metavar="NAME",
-        help="the messages table (default: %(default)s)",
-    )
-    cmd.add_argument(
-        "--busy-timeout",
-        type=busy_timeout,
-        default=5.0,
-        metavar="SECONDS",
-        help="how long to wait for a locked SQLite file (default: 5)",
-    )
-    if keys:
-        cmd.add_argument(
-            "--key-file", metavar="FILE", help="file with 'kid:key' pairs, one key, or 32 raw bytes"
-        )
-    return cmd
-
-
-def _add_maintenance_commands(sub: Any) -> None:
-    for name, text in (
-        ("purge", "delete items older than --ttl from storage"),
-        ("rotate", "re-seal every item under the primary key (resumable)"),
-        ("encrypt", "seal plaintext items and upgrade Agents SDK (v1) items in place (one-way)"),
-    ):
-        cmd = _store_command(sub, name, text)
-        if name == "purge":
-            cmd.add_argument("--ttl", type=parse_ttl, required=True, help="e.g. 30d, 12h, 600")
-        cmd.add_argument("--dry-run", action="store_true", help="count, change nothing")
-        cmd.add_argument(
-            "--skip-unreadable",
-            action="store_true",
-            help="proceed even if some items cannot be opened (they stay as they are)",
-        )
-        cmd.add_argument(
-            "--batch-size",
-            type=positive_int,
-            default=500,
-            metavar="N",
-            help="items per committed batch (default: %(default)s)",
-        )
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="encmem",
-        description="Encrypted, expiring conversation memory for AI agents.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the offline demo on a SQLite file")
-    demo.add_argument("--db", default="encmem-demo.db", help="database file (default: %(default)s)")
-    keygen = sub.add_parser("keygen", help="print a new random master key (nothing else)")
-    keygen.add_argument("--kid", type=key_id, help="print it as KID:KEY, ready for ENCMEM_KEYS")
-    inspect = _store_command(sub, "inspect", "sessions, item counts, branches, key ids, expiry")
-    inspect.add_argument("--ttl", type=parse_ttl, help="count items older than this as expired")
-    verify = _store_command(
-        sub, "verify", "audit: exit 0 only if every item is valid under a known key"
-    )
-    verify.add_argument("--ttl", type=parse_ttl, help="also flag items older than this")
-    _add_maintenance_commands(sub)
-    export = _store_command(sub, "export", "decrypted JSON Lines of one session (access requests)")
-    export.add_argument("--session", required=True, metavar="ID", help="the session to export")
-    export.add_argument(
-        "--out",
-        type=out_path,
-        metavar="FILE",
-        help="write to this new file (created readable by you only, mode 0600) instead of stdout",
-    )
-    export.add_argument(
-        "--force", action="store_true", help="replace FILE if it exists (it is created anew)"
-    )
-    erase = _store_command(
-        sub, "erase", "delete every row of one session from every table", keys=False
-    )
-    erase.add_argument("--session", required=True, metavar="ID", help="the session to erase")
-    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    erase.add_argument(
-        "--finish",
-        action="store_true",
-        help="complete an erase that exited 6: empty the WAL (deletes nothing more)",
-    )
-    return parser
-
-
-_READ_ONLY_COMMANDS = ("inspect", "verify", "export")
+_READ_ONLY_COMMANDS = ("inspect", "verify", "head", "export")
 
 
 def _reads_only(args: argparse.Namespace) -> bool:
-    """inspect, verify, export and every --dry-run open the store read-only: they change
+    """inspect, verify, head, export and every --dry-run open the store read-only: they change
     nothing, and work on read-only files in read-only directories."""
     return args.command in _READ_ONLY_COMMANDS or bool(getattr(args, "dry_run", False))
 
@@ -186,7 +53,9 @@ async def _dispatch(
         return await commands.erase(store, args.session, args.yes, finish=args.finish)
     assert keyring is not None
     if args.command == "verify":
-        return await commands.verify_store(store, keyring, args.ttl)
+        return await commands.verify_store(store, keyring, args.ttl, args.head)
+    if args.command == "head":
+        return await history_heads(store, keyring, args.session, args.branch)
     if args.command == "export":
         out_path = args.out
 
@@ -225,6 +94,7 @@ async def _preflight(
         dry_run=True,
         skip_unreadable=args.skip_unreadable,
         batch_size=args.batch_size,
+        count_chains=False,  # the report of this pass is not shown
     )
 
 
@@ -312,7 +182,7 @@ def _interrupted(command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.debug:
         return _command(args)

@@ -16,6 +16,7 @@ _INSPECT_COLUMNS = (
     "branches",
     "plaintext",
     "sdk_v1",
+    "unchained",
     "expired",
     "unreadable",
     "oldest",
@@ -50,6 +51,8 @@ def _inspect_lines(report: dict[str, Any]) -> list[str]:
     totals = report["totals"]
     note = "" if report["keys_given"] else " (no keys given: expired/unreadable not checked)"
     counted = f"{plural(totals['sessions'], 'session')}, {plural(totals['items'], 'item')}"
+    if report.get("unchained"):
+        counted += f", {report['unchained']} not chained (run encmem rotate)"
     return [*lines, "", f"{counted}{note}"]
 
 
@@ -67,20 +70,42 @@ def _key_problem_line(problem: dict[str, Any]) -> str:
     )
 
 
-def _verify_lines(report: dict[str, Any]) -> list[str]:
-    lines = []
-    for problem in report["problems"]:
-        if problem["problem"] in ("missing-key", "wrong-key"):
-            lines.append(_key_problem_line(problem))
-            continue
-        if problem["session_id"] is None:  # about the store, not one item
-            lines.append(safe(problem["problem"]))
-            continue
-        branch = f" branch {safe(problem['branch_id'])}" if problem["branch_id"] else ""
-        lines.append(
-            f"{safe(problem['session_id'])}{branch} storage id {problem['storage_id']}: "
-            f"{safe(problem['problem'])}"
+def _history_line(problem: dict[str, Any]) -> str:
+    """A finding about a session's history: session, branch, position, kind, and why."""
+    where = safe(problem["session_id"])
+    if problem["branch_id"] is not None:
+        where += f" branch {safe(problem['branch_id'])}"
+    if problem["position"] is not None:
+        where += f" position {problem['position']}"
+    if problem["storage_id"] is not None:
+        where += f" storage id {problem['storage_id']}"
+    reason = safe(problem["reason"])
+    if "anchor" in problem and problem["anchor"] not in reason:
+        reason += f" (anchor {safe(problem['anchor'])})"
+    return f"{where}: {safe(problem['problem'])}: {reason}"
+
+
+def _problem_line(problem: dict[str, Any]) -> str:
+    if problem["problem"] in ("missing-key", "wrong-key"):
+        return _key_problem_line(problem)
+    if "kind" in problem:
+        return _history_line(problem)
+    if problem["session_id"] is None:  # about the store, not one item
+        return safe(problem["problem"])
+    if "items" in problem:  # about a session: how many of its items
+        return (
+            f"{safe(problem['session_id'])}: {safe(problem['problem'])}: "
+            f"{plural(problem['items'], 'item')} sealed before chains"
         )
+    branch = f" branch {safe(problem['branch_id'])}" if problem["branch_id"] else ""
+    return (
+        f"{safe(problem['session_id'])}{branch} storage id {problem['storage_id']}: "
+        f"{safe(problem['problem'])}"
+    )
+
+
+def _verify_lines(report: dict[str, Any]) -> list[str]:
+    lines = [_problem_line(problem) for problem in report["problems"]]
     problems = plural(len(report["problems"]), "problem")
     if report["ok"]:
         verdict = "OK"
@@ -96,20 +121,38 @@ def _verify_lines(report: dict[str, Any]) -> list[str]:
     return [*lines, f"{verdict} ({plural(checked, 'item')} checked{opened})"]
 
 
+def _maintenance_line(command: str, report: dict[str, Any]) -> str:
+    what = {"purge": "deleted", "rotate": "re-sealed", "encrypt": "sealed"}[command]
+    prefix = "would have " if report.get("dry_run") else ""
+    line = (
+        f"{command}: {plural(report['examined'], 'item')} in "
+        f"{plural(report['sessions'], 'session')} examined, "
+        f"{prefix}{what} {report['changed']}, unchanged {report['unchanged']}, "
+        f"unreadable {report['unreadable']}"
+    )
+    if report.get("unchained_sessions"):
+        line += (
+            f"; {prefix}chained {plural(report['unchained_sessions'], 'session')} "
+            f"({plural(report['unchained'], 'item')} not in a chain before)"
+        )
+    return line
+
+
+def _head_line(head: dict[str, Any]) -> str:
+    """SESSION=ANCHOR or SESSION@BRANCH=ANCHOR: what ``verify --head`` takes."""
+    branch = f"@{safe(head['branch_id'])}" if head["branch_id"] is not None else ""
+    return f"{safe(head['session_id'])}{branch}={head['anchor']}"
+
+
 def _lines(command: str, report: dict[str, Any]) -> list[str]:
     if command == "inspect":
         return _inspect_lines(report)
     if command == "verify":
         return _verify_lines(report)
     if command in ("purge", "rotate", "encrypt"):
-        what = {"purge": "deleted", "rotate": "re-sealed", "encrypt": "sealed"}[command]
-        prefix = "would have " if report.get("dry_run") else ""
-        return [
-            f"{command}: {plural(report['examined'], 'item')} in "
-            f"{plural(report['sessions'], 'session')} examined, "
-            f"{prefix}{what} {report['changed']}, unchanged {report['unchanged']}, "
-            f"unreadable {report['unreadable']}"
-        ]
+        return [_maintenance_line(command, report)]
+    if command == "head":
+        return [_head_line(head) for head in report["heads"]]
     if command == "erase":
         removed, shown = report["rows_removed"], safe(repr(report["session_id"]))
         if report.get("finished"):
