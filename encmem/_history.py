@@ -42,8 +42,9 @@ class Break(NamedTuple):
         )
 
 
-def _pair_break(prev: Link, link: Link, seen: dict[int, str], index: int) -> Break | None:
+def _pair_break(prev: Link, link: Link, entries: Sequence[Entry], index: int) -> Break | None:
     """What is wrong with ``link`` following ``prev`` (None when it follows it exactly)."""
+    seen = _seqs(entries[:index])
     if link.digest == seen.get(link.seq):
         return Break("duplicated", index, f"item {link.seq} of the chain is stored twice")
     if link.seq in seen:
@@ -56,6 +57,10 @@ def _pair_break(prev: Link, link: Link, seen: dict[int, str], index: int) -> Bre
     if link.seq <= prev.seq:
         return Break("reordered", index, f"item {link.seq} is stored after item {prev.seq}")
     if link.seq > prev.seq + 1:
+        if prev.seq + 1 in _seqs(entries[index + 1 :]):
+            return Break(
+                "reordered", index, f"item {link.seq} is stored before item {prev.seq + 1}"
+            )
         return Break(
             "missing", index, f"items {prev.seq + 1} to {link.seq - 1} are missing before it"
         )
@@ -106,6 +111,34 @@ def _head_break(last: Link | None, head: Head, entries: Sequence[Entry]) -> Brea
     return None
 
 
+def trusted_from(entries: Sequence[Entry], head: Head) -> int:
+    """Index of the oldest entry that links back, unbroken, from the head.
+
+    A hash chain is proven from its authenticated end: the newest item must be the one the
+    head records, and each item before it the one its successor names. Checked from the
+    front, an authentic item of another lineage (another branch's, or an older copy of a
+    place that was popped and written again) would pass until the item after it. Items
+    sealed before chains count once the walk reaches the floor, the chain's first item.
+    """
+    at = len(entries)
+    if head.empty:
+        while at > 0 and entries[at - 1].link is None:
+            at -= 1
+        return at
+    seq, digest = head.seq, head.link
+    while at > 0:
+        link = entries[at - 1].link
+        if link is None or link is UNREAD or (link.seq, link.digest) != (seq, digest):
+            return at
+        at -= 1
+        if link.seq == head.floor:
+            while at > 0 and entries[at - 1].link is None:
+                at -= 1
+            return at
+        seq, digest = link.seq - 1, link.prev
+    return at
+
+
 def find_break(
     entries: Sequence[Entry], head: Head | None, *, complete: bool, headed: bool
 ) -> Break | None:
@@ -129,7 +162,7 @@ def find_break(
             continue
         if prev is not None:
             if link.seq != prev.seq + 1 or link.prev != prev.digest:
-                return _pair_break(prev, link, _seen(entries, index), index)
+                return _pair_break(prev, link, entries, index)
         elif not chained and complete and head is not None:
             seqs = {e.link.seq for e in entries if e.link is not None}
             found = _floor_break(link, head.floor, seqs, index)
@@ -146,10 +179,8 @@ def find_break(
     return _head_break(prev, head, entries)
 
 
-def _seen(entries: Sequence[Entry], end: int) -> dict[int, str]:
-    """seq -> digest of the chained entries before ``end`` (to name what a break is)."""
+def _seqs(entries: Sequence[Entry]) -> dict[int, str]:
+    """seq -> digest of the chained entries among ``entries`` (to name what a break is)."""
     return {
-        e.link.seq: e.link.digest
-        for e in entries[:end]
-        if e.link is not None and e.link is not UNREAD
+        e.link.seq: e.link.digest for e in entries if e.link is not None and e.link is not UNREAD
     }

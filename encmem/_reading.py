@@ -13,7 +13,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from ._chain import Head, anchor, open_head
 from ._envelope import Opened, Opener
-from ._history import UNREAD, Entry, find_break
+from ._history import UNREAD, Entry, find_break, trusted_from
 from ._items import Item
 from ._protocol import StoredItem
 from .errors import DecryptionError, ScanBudgetExceeded
@@ -65,6 +65,13 @@ class Branch(NamedTuple):
     """Whether the store keeps heads (so a chained branch without one was tampered with)."""
 
 
+class BranchHead(NamedTuple):
+    """A branch's head as a reader found it: authenticated, absent, or refused (skip mode)."""
+
+    head: Head | None
+    refused: DecryptionError | None
+
+
 class Reader:
     """Opens one session's stored objects under its rules and checks them as a history."""
 
@@ -84,20 +91,25 @@ class Reader:
             raise located from None
         logger.warning("%s an unreadable item: %s [%s]", action, located.reason, located.where)
 
-    def head(self, stored: str | None, branch: str) -> Head | None:
-        """The authenticated head of ``branch`` from its stored text (cached once verified)."""
+    def head(self, stored: str | None, branch: str) -> BranchHead:
+        """The authenticated head of ``branch`` from its stored text (cached once verified).
+
+        One that fails raises in raise mode; in skip mode the failure is kept, to be logged
+        once by :meth:`check` as the reason nothing chained can be trusted.
+        """
         if stored is None:
-            return None
+            return BranchHead(None, None)
         known = self._heads.get(branch)
         if known is not None and known[0] == stored:
-            return known[1]
+            return BranchHead(known[1], None)
         try:
             head = open_head(stored, self.opener.keyring, self.rules.session_id, branch)
         except DecryptionError as exc:
-            self.refuse(exc, None, None, "read without")
-            return None
+            if self.rules.on_invalid == "raise":
+                raise exc.located(self.rules.session_id) from None
+            return BranchHead(None, exc.located(self.rules.session_id))
         self._heads[branch] = (stored, head)
-        return head
+        return BranchHead(head, None)
 
     def open(
         self,
@@ -149,26 +161,32 @@ class Reader:
     def check(
         self,
         opened_rows: list[tuple[Entry, Opened | None]],
-        head: Head | None,
+        head: BranchHead,
         name: str | None,
         *,
         complete: bool,
         headed: bool,
     ) -> list[tuple[Entry, Opened | None]]:
-        """The rows before the first break of the chain (all of them when it is sound);
-        raise mode raises at a break, skip mode logs it once."""
+        """The rows that are provably the branch's history: all of them when the chain is
+        sound. Raise mode raises at a break; skip mode logs it once and keeps the rows that
+        link back unbroken from the head (without a head: the rows before the break)."""
         entries = [entry for entry, _ in opened_rows]
-        found = find_break(entries, head, complete=complete, headed=headed)
+        found = find_break(entries, head.head, complete=complete, headed=headed)
+        if found is not None:
+            error = head.refused or found.error(entries, name)
+            self.refuse(error, error.position, error.item_id, "stopped reading at")
+        elif self.rules.on_invalid == "raise":
+            return opened_rows
+        if head.head is not None:
+            return opened_rows[trusted_from(entries, head.head) :]
         if found is None:
             return opened_rows
-        error = found.error(entries, name)
-        self.refuse(error, error.position, error.item_id, "stopped reading at")
-        return opened_rows[: found.at]
+        return [] if headed else opened_rows[: found.at]
 
     def _settle(
         self,
         opened_rows: list[tuple[Entry, Opened | None]],
-        head: Head | None,
+        head: BranchHead,
         name: str | None,
         branch: Branch,
         complete: bool,
@@ -185,7 +203,7 @@ class Reader:
 
     async def open_branch(
         self, branch: Branch, cache_size: int = 0
-    ) -> tuple[list[tuple[Entry, Opened | None]], Head | None, str | None]:
+    ) -> tuple[list[tuple[Entry, Opened | None]], BranchHead, str | None]:
         """Every row of a whole branch opened (expired ones too), its head and its name."""
         name, stored_head, rows = await branch.newest(None)
         self._charge(len(rows))
@@ -237,14 +255,19 @@ class _Strict:
         return getattr(self._rules, name)
 
 
+def strict_reader(reader: Reader) -> Reader:
+    """The same reader with ``on_invalid='raise'``, for checks that must not skip."""
+    return Reader(_Strict(reader.rules), reader.opener)
+
+
 async def verify_branch(reader: Reader, branch: Branch) -> tuple[int, str]:
     """Check a whole branch as a chain, raising at the first problem whatever ``on_invalid``
     says; return how many items it holds and the anchor of where it ends."""
-    strict = Reader(_Strict(reader.rules), reader.opener)
+    strict = strict_reader(reader)
     opened_rows, head, name = await strict.open_branch(branch)
     strict.check(opened_rows, head, name, complete=True, headed=branch.headed)
-    if head is not None:
-        return len(opened_rows), head.anchor()
+    if head.head is not None:
+        return len(opened_rows), head.head.anchor()
     links = [entry.link for entry, _ in opened_rows if entry.link is not None]
     return len(opened_rows), anchor(links[-1].seq, links[-1].digest) if links else anchor(0, "")
 

@@ -28,9 +28,10 @@ from ._options import (
     ttl_seconds,
 )
 from ._popping import pop_by_id, pop_generic, pop_headed
-from ._protocol import Capabilities, Session, StoredItem, TurnRow
-from ._reading import Branch, Fetch, OnInvalid, Reader, verify_branch
+from ._protocol import Capabilities, Session, TurnRow
+from ._reading import Branch, Fetch, OnInvalid, Reader, strict_reader, verify_branch
 from ._settings import SessionSettings, resolve_limit
+from ._sources import branch_source, fetcher
 from ._structure import verified_turns
 from ._writing import Chainer
 from .errors import DecryptionError, HistoryTamperedError
@@ -38,7 +39,6 @@ from .errors import DecryptionError, HistoryTamperedError
 _REFUSED_ATTRIBUTES = frozenset({"run_compaction"})
 
 Progress = Callable[[int], None]
-Stored = Awaitable[list[StoredItem]]
 
 
 def _accepts(method: Any, name: str) -> bool:
@@ -155,55 +155,10 @@ class EncryptedSession:
         return {"wrapper": wrapper} if wrapper is not None and self._forward_wrapper else {}
 
     def _fetcher(self, branch_id: str | None) -> Fetch | None:
-        """Addressed reads of one branch; None when the session has no storage ids."""
-        if branch_id is not None:
-            addressed = self._caps.branch_addressing
-            if addressed is None:
-                return None
-
-            def fetch_branch(limit: int | None, before: int | None) -> Stored:
-                return addressed.get_stored_items(limit, before_id=before, branch_id=branch_id)
-
-            return fetch_branch
-        addressing = self._caps.addressing
-        if addressing is None:
-            return None
-
-        def fetch(limit: int | None, before: int | None) -> Stored:
-            return addressing.get_stored_items(limit, before_id=before)
-
-        return fetch
+        return fetcher(self._caps, branch_id)
 
     def _branch(self, branch_id: str | None, wrapper: Any = None) -> Branch:
-        """How to read one branch: with its head where the store keeps heads."""
-        fetch = self._fetcher(branch_id)
-        heads = self._caps.heads
-        if heads is not None:
-
-            async def headed(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
-                found = await heads.get_head_and_items(limit, branch_id=branch_id)
-                return found.branch, found.head, found.items
-
-            return Branch(headed, fetch, True)
-        if fetch is not None:
-
-            async def addressed(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
-                return branch_id, None, await fetch(limit, None)
-
-            return Branch(addressed, fetch, False)
-        if branch_id is not None:
-            branching = self._caps.need(self._caps.branching, "Branching", "branch_id=...")
-
-            async def window(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
-                return branch_id, None, await branching.get_items(limit, branch_id=branch_id)
-
-            return Branch(window, None, False)
-        underlying, kwargs = self.underlying_session, self._kwargs(wrapper)
-
-        async def tail(limit: int | None) -> tuple[str | None, str | None, list[Any]]:
-            return None, None, await underlying.get_items(limit, **kwargs)
-
-        return Branch(tail, None, False)
+        return branch_source(self._caps, self.underlying_session, branch_id, self._kwargs(wrapper))
 
     def close(self) -> Any:
         """Close the wrapped session if it can be closed (returns what its close returns)."""
@@ -341,10 +296,19 @@ class EncryptedSession:
         return anchor
 
     async def verify_history(self, anchor: str | None = None, branch_id: str | None = None) -> int:
-        """Check the whole branch as a chain (whatever ``on_invalid`` says) and, given an
-        ``anchor`` from :meth:`history_head`, that the branch still ends there. Returns how
-        many items it checked; raises HistoryTamperedError (or another DecryptionError)."""
-        count, current = await verify_branch(self._reader, self._branch(branch_id))
+        """Check the whole branch as a chain, and its turn structure where it has one
+        (whatever ``on_invalid`` says), and, given an ``anchor`` from :meth:`history_head`,
+        that the branch still ends there. Returns how many items it checked; raises
+        HistoryTamperedError (or another DecryptionError)."""
+        branch = self._branch(branch_id)
+        count, current = await verify_branch(self._reader, branch)
+        source = self._caps.user_turns
+        if source is not None:
+
+            def rows() -> Awaitable[list[TurnRow]]:
+                return source.get_user_turn_items(branch_id)
+
+            await verified_turns(strict_reader(self._reader), branch, rows)
         if anchor is not None and current != anchor:
             raise HistoryTamperedError(
                 "the history no longer ends where the anchor says (rolled back, cut or "

@@ -18,7 +18,6 @@ from ._protocol import TurnRow
 from ._reading import Branch, Reader, is_expired
 from .errors import HistoryTamperedError
 
-
 ReadRows = Callable[[], Awaitable[Sequence[TurnRow]]]
 
 

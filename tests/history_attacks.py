@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encmem.backends import AdvancedSQLiteSession, SQLiteSession
+from encmem.backends import (
+    AdvancedSQLAlchemySession,
+    AdvancedSQLiteSession,
+    SQLAlchemySession,
+    SQLiteSession,
+)
 
 from encmem import EncryptedSession, HistoryTamperedError, Keyring, TamperedItemError
 
@@ -59,9 +64,23 @@ BACKENDS: dict[str, Backend] = {
         True,
         lambda path, sid: AdvancedSQLiteSession(session_id=sid, db_path=path, create_tables=True),
     ),
+    "sqlalchemy-sqlite": Backend(
+        "sqlalchemy-sqlite",
+        False,
+        lambda path, sid: SQLAlchemySession.from_url(
+            sid, url=f"sqlite+aiosqlite:///{path}", create_tables=True
+        ),
+    ),
+    "advanced-sqlalchemy-sqlite": Backend(
+        "advanced-sqlalchemy-sqlite",
+        True,
+        lambda path, sid: AdvancedSQLAlchemySession.from_url(
+            sid, url=f"sqlite+aiosqlite:///{path}", create_tables=True
+        ),
+    ),
 }
-"""Every encmem backend with history heads. The SQLAlchemy backends join this list (on a
-SQLite file, same table names) once they keep heads; until then they are chained only."""
+"""Every encmem backend with history heads, each on a SQLite file with the same table names
+(the SQLAlchemy ones through aiosqlite; on PostgreSQL see tests/test_history_pg.py)."""
 
 HEADED = list(BACKENDS)
 

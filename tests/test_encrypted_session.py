@@ -262,20 +262,28 @@ async def test_wrong_key_under_the_same_kid_raises_and_deletes_nothing(db: Path)
 async def test_skip_mode_reads_past_unreadable_items_and_keeps_them(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Both writers skip: each starts a chain of its own where it cannot read the other's head.
-    other = encrypted(db, key=generate_key(), on_invalid="skip")
-    await other.add_items([{"role": "user", "content": "under another key"}])
+    lost = encrypted(db, key=generate_key())
+    await lost.add_items([{"role": "user", "content": "under a key since lost"}])
+    # Skipping what it cannot read, this writer starts a new chain after it.
     session = encrypted(db, on_invalid="skip")
     await session.add_items([{"role": "user", "content": "readable"}])
-    await other.add_items([{"role": "user", "content": "newest, other key"}])
     with caplog.at_level(logging.WARNING, logger="encmem"):
         assert await session.get_items() == [{"role": "user", "content": "readable"}]
         assert await session.get_items(1) == [{"role": "user", "content": "readable"}]
         assert await session.pop_item() == {"role": "user", "content": "readable"}
         assert await session.pop_item() is None
-    assert len(rows(db)) == 2
+    assert len(rows(db)) == 1
     assert "skipped an unreadable item" in caplog.text
-    assert "under another key" not in caplog.text
+    assert "since lost" not in caplog.text
+
+
+async def test_skip_mode_returns_only_what_links_back_from_the_head(db: Path) -> None:
+    """Items older than one that cannot be opened cannot be proven to be this history's."""
+    session = encrypted(db, on_invalid="skip")
+    await session.add_items([{"role": "user", "content": f"m{n}"} for n in range(3)])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE agent_messages SET message_data = '[]' WHERE id = 2")
+    assert await session.get_items() == [{"role": "user", "content": "m2"}]
 
 
 async def test_raise_mode_refuses_to_extend_a_history_it_cannot_authenticate(db: Path) -> None:

@@ -107,36 +107,6 @@ def _truth(read: str) -> list[Any]:
     return TRUE_MAIN[-WINDOW:] if read == "window" else TRUE_MAIN
 
 
-SIBLING_GAP = (
-    "skip mode checks a history forwards from its first item, so an authentic sibling of a "
-    "true item (same seq and predecessor: another branch's item, or the older copy of a place "
-    "that was popped and written again) passes, and the break is only found at the item after "
-    "it; the read returns the attacker's item as the last of the 'items before the break' "
-    "(encmem/_history.py _pair_break 'moved' / encmem/_reading.py Reader.check)"
-)
-DOUBLE_WARNING = (
-    "a head that fails authentication is logged once by Reader.head ('read without an "
-    "unreadable item') and again by Reader.check ('the branch's history head is missing'): "
-    "two warnings for one finding, where the issue asks for one"
-)
-
-
-def _mark_known_gaps(request: pytest.FixtureRequest, chosen: Attack, read: str, mode: str) -> None:
-    """Known library bugs (strict xfail): remove an entry when its fix lands."""
-    reason = None
-    if chosen.structure_only and read == "verify":
-        reason = (
-            "verify_history() checks the chain only, never the message_structure rows, so a "
-            "forged turn passes the 'strict full check' (encmem/_reading.py verify_branch)"
-        )
-    elif mode == "skip" and chosen.sibling and not _undetectable(chosen, read) and read != "verify":
-        reason = SIBLING_GAP
-    elif mode == "skip" and chosen.name.startswith("swap heads") and read in ("full", "window"):
-        reason = DOUBLE_WARNING
-    if reason is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 @pytest.mark.parametrize(("backend", "chosen", "read"), _cases())
 @pytest.mark.parametrize("mode", ["raise", "skip"])
 async def test_attack_is_detected(
@@ -149,7 +119,6 @@ async def test_attack_is_detected(
     read: str,
     mode: str,
 ) -> None:
-    _mark_known_gaps(request, chosen, read, mode)
     template = copy(templates[backend], tmp_path / "attacked.db")
     attack(template, chosen)
     before = snapshot(template.path)
