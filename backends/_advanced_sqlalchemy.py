@@ -28,7 +28,7 @@ from encmem import _turns as turns
 from encmem._items import Item
 from encmem._protocol import ForkHead, StoredItem, TurnRow
 from encmem._settings import SessionSettings, resolve_limit
-from encmem.errors import BranchError, MissingTablesError
+from encmem.errors import BranchError
 
 from . import _advanced_sqlalchemy_analytics as analytics
 from . import _sqlalchemy_schema as base_schema
@@ -40,6 +40,7 @@ from ._advanced_sqlalchemy_usage import UsageReports
 from ._advanced_sqlite import _check_branch_id
 from ._rows import plain_item, plain_items
 from ._sqlalchemy import SQLAlchemySession
+from ._sqlalchemy_ddl import missing_tables_error
 from ._sqlalchemy_schema import SessionTables
 from ._sqlalchemy_statements import SessionStatements
 
@@ -137,12 +138,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
         engine = self._engine
         missing = await base_schema.missing_tables(engine, self._advanced.required())
         if missing:
-            raise MissingTablesError(
-                f"table(s) {', '.join(missing)} missing from the database and "
-                f"{type(self).__name__} was made with create_tables=False; pass "
-                "create_tables=True to create them, or create them with your migrations",
-                tables=missing,
-            )
+            raise missing_tables_error(self, missing)
         if await base_schema.missing_tables(engine, (BRANCHES,)):
             await create_advanced_tables(engine, self._advanced)
 

@@ -31,6 +31,7 @@ from encmem.errors import MissingTablesError, SessionClosedError
 
 from ._identifiers import check_table_name
 from ._rows import decode_rows, plain_item, plain_items
+from ._sqlalchemy_ddl import missing_tables_error
 from ._sqlalchemy_engine import (
     acquire_engine,
     check_async_engine,
@@ -158,11 +159,7 @@ class SQLAlchemySession:
     async def _require_tables(self) -> None:
         missing = await missing_tables(self._engine, self._tables.names)
         if missing:
-            raise MissingTablesError(
-                f"table(s) {', '.join(missing)} missing from the database and "
-                f"{type(self).__name__} was made with create_tables=False; pass "
-                "create_tables=True to create them, or create them with your migrations"
-            )
+            raise missing_tables_error(self, missing)
 
     @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:

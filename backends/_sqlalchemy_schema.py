@@ -110,15 +110,19 @@ class SessionTables:
             Column("head", Text, nullable=False),
         )
 
+    def ddl(self) -> list[Executable]:
+        """CREATE ... IF NOT EXISTS for these tables and the index, in order."""
+        return [
+            CreateTable(self.sessions, if_not_exists=True),
+            CreateTable(self.messages, if_not_exists=True),
+            CreateIndex(self.index, if_not_exists=True),
+            CreateTable(self.heads, if_not_exists=True),
+        ]
+
 
 async def create_tables(engine: AsyncEngine, tables: SessionTables) -> None:
     """CREATE ... IF NOT EXISTS, safe against other processes doing the same at once."""
-    statements: list[Executable] = [
-        CreateTable(tables.sessions, if_not_exists=True),
-        CreateTable(tables.messages, if_not_exists=True),
-        CreateIndex(tables.index, if_not_exists=True),
-        CreateTable(tables.heads, if_not_exists=True),
-    ]
+    statements = tables.ddl()
     is_postgresql = engine.dialect.name == "postgresql"
     for attempt in (1, 2):
         try:

@@ -1,4 +1,8 @@
-"""A whole SQLAlchemy database of sessions, for store-wide maintenance and the command."""
+"""A whole SQLAlchemy database of sessions, for store-wide maintenance and the command.
+
+A database that has the advanced tables (``message_structure`` ...) hands out
+AdvancedSQLAlchemySession, so purge, rotate, verify and erase keep branches and turn structure.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from encmem._items import is_valid_session_id
 from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
+from ._advanced_schema import STRUCTURE
 from ._identifiers import check_table_name
 from ._pg_url import asyncpg_options
 from ._residue import checkpoint_truncate
@@ -90,18 +95,22 @@ class SQLAlchemySessionStore:
         self.read_only = read_only
         self.engine = _engine(url, read_only, shown)
         self._shown = shown
+        self.advanced = False
         self._sessions: list[SQLAlchemySession] = []
 
     async def check(self) -> SQLAlchemySessionStore:
         """Fail with a clear error unless the database holds the session tables."""
         try:
-            missing = await missing_tables(self.engine, (self.sessions_table, self.messages_table))
+            names = (self.sessions_table, self.messages_table, STRUCTURE)
+            missing = await missing_tables(self.engine, names)
         except (SQLAlchemyError, OSError) as exc:
             await self.engine.dispose()
             raise StoreError(
                 f"cannot connect to {self._shown} ({_unreachable(exc)}); check the URL and that "
                 "the server is running"
             ) from None
+        self.advanced = STRUCTURE not in missing
+        missing = [name for name in missing if name != STRUCTURE]
         if missing:
             await self.engine.dispose()
             raise NotASessionStoreError(
@@ -125,7 +134,12 @@ class SQLAlchemySessionStore:
             return int(result.scalar_one())
 
     def session(self, session_id: str) -> SQLAlchemySession:
-        session = SQLAlchemySession(
+        kind = SQLAlchemySession
+        if self.advanced:
+            from ._advanced_sqlalchemy import AdvancedSQLAlchemySession
+
+            kind = AdvancedSQLAlchemySession
+        session = kind(
             session_id,
             engine=self.engine,
             create_tables=False,

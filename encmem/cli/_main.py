@@ -172,6 +172,10 @@ def _command(args: argparse.Namespace) -> int:
 
         demo_main(args.db)
         return commands.EXIT_OK
+    if args.command == "schema":
+        from ._schema import print_schema
+
+        return print_schema(args)
     return asyncio.run(_run(args))
 
 

@@ -152,6 +152,33 @@ def _add_session_commands(sub: Any) -> None:
     )
 
 
+def _add_schema_command(sub: Any) -> None:
+    """schema: the DDL, printed; connects to nothing."""
+    text = "print the SQL that creates the tables of the SQLAlchemy backends (for DBAs)"
+    schema = sub.add_parser("schema", help=text, description=text)
+    schema.add_argument(
+        "--url",
+        required=True,
+        metavar="URL",
+        help="the database URL, for its dialect (postgresql://..., sqlite+aiosqlite:///...); "
+        "nothing connects to it",
+    )
+    schema.add_argument(
+        "--advanced",
+        action="store_true",
+        help="AdvancedSQLAlchemySession's tables too (branches, turn structure, usage)",
+    )
+    for option, default in (("--sessions-table", "agent_sessions"),
+                            ("--messages-table", "agent_messages")):  # fmt: skip
+        schema.add_argument(
+            option,
+            type=table_name(option),
+            default=default,
+            metavar="NAME",
+            help=f"the {option[2:-6]} table (default: %(default)s)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="encmem",
@@ -168,4 +195,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit_commands(sub)
     _add_maintenance_commands(sub)
     _add_session_commands(sub)
+    _add_schema_command(sub)
     return parser
