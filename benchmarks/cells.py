@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 IMPLS = ("encmem", "sdk")
-BACKENDS = ("sqlite", "advanced", "sqla-sqlite", "sqla-pg")
+BACKENDS = ("sqlite", "advanced", "sqla-sqlite", "sqla-pg", "advanced-pg")
+PG_BACKENDS = ("sqla-pg", "advanced-pg")
+#: backends the Agents SDK has no class for: encmem only (ratios use SDK_BASELINE's cells)
+ENCMEM_ONLY = ("advanced-pg",)
+#: the SDK backend an encmem-only backend is compared with (the SDK's SQLAlchemySession)
+SDK_BASELINE = {"advanced-pg": "sqla-pg"}
 TTL_SECONDS = 600
 
 
@@ -56,9 +61,10 @@ def all_specs(with_pg: bool = True) -> list[CellSpec]:
     return [
         CellSpec(impl, backend, encrypted)
         for backend in BACKENDS
-        if with_pg or backend != "sqla-pg"
+        if with_pg or backend not in PG_BACKENDS
         for encrypted in (False, True)
         for impl in IMPLS
+        if impl == "encmem" or backend not in ENCMEM_ONLY
     ]
 
 
@@ -85,11 +91,19 @@ def _encmem_inner(spec: CellSpec, sid: str, db: Path, pg_url: str | None) -> tup
 
         return SQLAlchemySession
 
+    def load_advanced_sqla() -> Any:
+        from encmem.backends._advanced_sqlalchemy import AdvancedSQLAlchemySession
+
+        return AdvancedSQLAlchemySession
+
     if spec.backend == "sqlite":
         session = _import("encmem.backends._sqlite", load_sqlite)(sid, db)
     elif spec.backend == "advanced":
         cls = _import("encmem.backends._advanced_sqlite", load_advanced)
         session = cls(session_id=sid, db_path=db, create_tables=True)
+    elif spec.backend == "advanced-pg":
+        cls = _import("encmem.backends._advanced_sqlalchemy", load_advanced_sqla)
+        session = cls.from_url(sid, url=_sqla_url(spec, db, pg_url), create_tables=True)
     else:
         cls = _import("encmem.backends._sqlalchemy", load_sqla)
         session = cls.from_url(sid, url=_sqla_url(spec, db, pg_url), create_tables=True)
@@ -156,7 +170,7 @@ async def probe_durability(cell: Cell) -> dict[str, str]:
     query = "PRAGMA journal_mode", "PRAGMA synchronous"
     inner = cell.inner
     try:
-        if cell.spec.backend == "sqla-pg":
+        if cell.spec.backend in PG_BACKENDS:
             return {"journal_mode": "n/a (PostgreSQL)", "synchronous": "n/a"}
         if cell.spec.backend.startswith("sqla"):
             async with inner.engine.connect() as conn:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cells import SDK_BASELINE
+
 Results = dict[int, dict[str, dict[str, Any]]]
 
 COLUMNS = (
@@ -62,7 +64,9 @@ def ratio_rows(results: Results) -> list[dict[str, Any]]:
         cells = results[size]
         pairs = sorted({c.split("/", 1)[1] for c in cells}, key=_pair_order)
         for pair in pairs:
-            mine, theirs = cells.get(f"encmem/{pair}", {}), cells.get(f"sdk/{pair}", {})
+            backend, mode = pair.split("/")
+            baseline = f"sdk/{SDK_BASELINE.get(backend, backend)}/{mode}"
+            mine, theirs = cells.get(f"encmem/{pair}", {}), cells.get(baseline, {})
             row: dict[str, Any] = {"n": size, "pair": pair}
             for key, _ in COLUMNS:
                 a, b = mine.get(key), theirs.get(key)
@@ -75,7 +79,7 @@ def ratio_rows(results: Results) -> list[dict[str, Any]]:
 
 
 def _pair_order(pair: str) -> tuple[int, bool, str]:
-    order = ["sqlite", "advanced", "sqla-sqlite", "sqla-pg"]
+    order = ["sqlite", "advanced", "sqla-sqlite", "sqla-pg", "advanced-pg"]
     backend, mode = pair.split("/")
     return (order.index(backend) if backend in order else 99, mode != "plain", pair)
 
@@ -104,6 +108,7 @@ def render(doc: dict[str, Any]) -> str:
             out.append(f"  N={r['n']:,} {r['cell']}: {r['status']}")
 
     out.append("\n== ratios encmem/SDK (speed; >1 = encmem faster) ==")
+    out.append("(advanced-pg: encmem's AdvancedSQLAlchemySession vs the SDK's SQLAlchemySession)")
     headers = ["n", "backend/mode", *[label.split(" ")[0] for _, label in COLUMNS]]
     out.append(
         table(

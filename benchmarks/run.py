@@ -22,12 +22,13 @@ from typing import Any
 import concurrency
 import environment
 import pg
+import pg_extras
 import purge_rotate
 import rawlimits
 import report
 import targets
 import workload
-from cells import CellSpec, Unavailable, all_specs, open_cell, probe_durability
+from cells import PG_BACKENDS, CellSpec, Unavailable, all_specs, open_cell, probe_durability
 from measure import Plan, measure
 
 HERE = Path(__file__).resolve().parent
@@ -113,7 +114,7 @@ class Run:
             start = time.perf_counter()
             cell = None
             try:
-                if spec.backend == "sqla-pg":
+                if spec.backend in PG_BACKENDS:
                     if pg_url is None:
                         raise Unavailable("no PostgreSQL server")
                     await pg.reset(pg_url)
@@ -141,7 +142,7 @@ class Run:
         for size in self.sizes:
             row = self.results.setdefault(size, {})
             for spec in specs:
-                if spec.backend == "sqla-pg" and server.url is None:
+                if spec.backend in PG_BACKENDS and server.url is None:
                     row[spec.name] = {"status": f"unavailable ({server.note})"}
                     continue
                 row[spec.name] = await self.cell(spec, size, server.url)
@@ -158,6 +159,15 @@ class Run:
         for row in rows:
             self.extras.append(row)
             print(f"  {row['name']:<34} {report._extra_text(row)}", flush=True)
+
+    async def pg_extras(self, server: pg.Server) -> None:
+        for name, job in pg_extras.jobs(server.url or "", self.key, self.quick):
+            if not selected(name, self.patterns):
+                continue
+            if server.url is None:
+                self.extras.append({"name": name, "status": f"unavailable ({server.note})"})
+                continue
+            await self.extra(name, job)
 
     async def extras_all(self) -> None:
         sessions, turns = (100, 5) if self.quick else (1_000, 10)
@@ -240,7 +250,7 @@ class Run:
             "meta": meta,
             "medians": report.medians_rows(self.results),
             "ratios": report.ratio_rows(self.results),
-            "targets": targets.evaluate(self.results),
+            "targets": targets.evaluate(self.results) + targets.from_extras(self.extras),
             "extras": self.extras,
             "errors": self.errors,
         }
@@ -257,9 +267,11 @@ async def main_async(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR)
     started = time.perf_counter()
     run = Run(args)
-    wants_pg = selected("encmem/sqla-pg/plain", run.patterns) or selected(
-        "sdk/sqla-pg/plain", run.patterns
-    )
+    wants_pg = any(
+        selected(name, run.patterns)
+        for name in ("encmem/sqla-pg/plain", "sdk/sqla-pg/plain", "encmem/advanced-pg/plain",
+                     *pg_extras.NAMES)
+    )  # fmt: skip
     server = (
         pg.find(start=not run.quick)
         if wants_pg and not args.no_pg
@@ -267,6 +279,7 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     try:
         await run.cells(server)
+        await run.pg_extras(server)
         await run.extras_all()
     finally:
         server.stop()

@@ -86,3 +86,20 @@ def _all_missing(row: dict[str, Any], results: Results) -> bool:
         and "sqla-pg" in row["target"]
         and not any("sqla-pg" in cell for cells in results.values() for cell in cells)
     )
+
+
+def from_extras(extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PostgreSQL: the from_url load loses nothing and meets no error; AdvancedSQLAlchemySession's
+    hot operations stay flat from the small history to the large one."""
+    rows: list[dict[str, Any]] = []
+    for extra in extras:
+        name = extra.get("name", "")
+        if name == "pg/from-url-load" and "errors" in extra:
+            value = extra["errors"] + abs(extra["lost"])
+            rows.append(_row(f"{name} errors + items lost", value, "<=", 0))
+        elif name.startswith("pg/flat/") and "sizes" in extra:
+            small, large = extra["sizes"].split("/")
+            for op in ("tail20", "pop", "usage", "add_turn"):
+                label = f"encmem advanced-pg/{name[8:]} {op} t({large})/t({small})"
+                rows.append(_row(label, extra[f"{op}_ratio"], "<=", 1.5))
+    return rows
