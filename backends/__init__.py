@@ -11,16 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 from ._advanced_sqlite import AdvancedSQLiteSession
 from ._sqlite import SQLiteSession
+from ._sqlite_key_store import SQLiteKeyStore
 from ._store import SQLiteSessionStore, open_store
 
 if TYPE_CHECKING:
     from ._advanced_sqlalchemy import AdvancedSQLAlchemySession
     from ._sqlalchemy import SQLAlchemySession
+    from ._sqlalchemy_key_store import SQLAlchemyKeyStore
 
 __all__ = [
     "AdvancedSQLAlchemySession",
     "AdvancedSQLiteSession",
+    "SQLAlchemyKeyStore",
     "SQLAlchemySession",
+    "SQLiteKeyStore",
     "SQLiteSession",
     "SQLiteSessionStore",
     "open_store",
@@ -31,6 +35,7 @@ __all__ = [
 _LAZY = {
     "SQLAlchemySession": "._sqlalchemy",
     "AdvancedSQLAlchemySession": "._advanced_sqlalchemy",
+    "SQLAlchemyKeyStore": "._sqlalchemy_key_store",
 }
 
 

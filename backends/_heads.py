@@ -87,3 +87,18 @@ def branches(conn: sqlite3.Connection, messages: str, session_id: str) -> list[s
 def clear(conn: sqlite3.Connection, messages: str, session_id: str) -> None:
     """Remove every head of the session (clear and erase)."""
     conn.execute(f"DELETE FROM {heads_table(messages)} WHERE session_id = ?", (session_id,))
+
+
+def others(conn: sqlite3.Connection, messages: str, session_id: str, branch: str) -> bool:
+    """Whether another branch of the session has a head."""
+    try:
+        row = conn.execute(
+            f"SELECT 1 FROM {heads_table(messages)} WHERE session_id = ? AND branch_id != ? "
+            "LIMIT 1",
+            (session_id, branch),
+        ).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False
+        raise
+    return row is not None

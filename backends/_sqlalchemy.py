@@ -4,10 +4,8 @@ Same constructor, ``from_url`` and schema as the Agents SDK's ``SQLAlchemySessio
 database written by the SDK opens here unchanged. On top of it: ``await session.close()``,
 ``aclose()`` and ``async with`` (sessions made by ``from_url`` for one URL share one engine,
 disposed when the last of them closes; a caller's engine is left alone), order by insertion
-id, safe concurrent first use (table creation and
-session-row creation), validated table names, limits and items, the item-addressing
-capability, and an ``add_items`` that costs one transaction: one session upsert plus one
-batched insert.
+id, safe concurrent first use, validated table names, limits and items, item addressing,
+history heads, and an ``add_items`` that costs one transaction.
 
 Isolation: the PostgreSQL default, READ COMMITTED, is assumed. Writers of one session serialise
 on its ``agent_sessions`` row; on SQLite the database's own writer lock (plus an in-process lock
@@ -40,6 +38,7 @@ from ._sqlalchemy_engine import (
     release_unused_engine,
 )
 from ._sqlalchemy_heads import HeadStatements
+from ._sqlalchemy_key_store import SeedsOnSQLAlchemy
 from ._sqlalchemy_schema import SessionTables, create_tables, missing_tables
 from ._sqlalchemy_statements import SessionStatements
 
@@ -49,8 +48,12 @@ MAIN = "main"
 """The one branch of a session without branches, under which its head is kept."""
 
 
-class SQLAlchemySession:
-    """Conversation history in any database SQLAlchemy's async engine reaches, one row per item."""
+class SQLAlchemySession(SeedsOnSQLAlchemy):
+    """Conversation history in any database SQLAlchemy's async engine reaches, one row per item.
+
+    It is also the key store of its sessions' seeds (table ``encmem_seeds`` in the same
+    database) unless EncryptedSession is given another one.
+    """
 
     def __init__(
         self,
@@ -256,6 +259,10 @@ class SQLAlchemySession:
 
     # -- history heads (kept for EncryptedSession; opaque here) ----------------------------
 
+    def _seed_engine(self) -> AsyncEngine:
+        self._check_open()
+        return self._engine
+
     @functools.cached_property
     def _heads(self) -> HeadStatements:
         return HeadStatements(self._tables.heads, self._engine.dialect, self.session_id)
@@ -325,7 +332,8 @@ class SQLAlchemySession:
                 head = await heads.read(conn, branch)
                 rows = await self._branch_rows(conn, branch, effective) if effective != 0 else []
                 if await heads.read(conn, branch) == head:
-                    return HeadedItems(branch, head, rows)
+                    others = head is None and await heads.others(conn, branch)
+                    return HeadedItems(branch, head, rows, others)
 
     async def append_chained(self, build: ChainBuild) -> None:
         """Append what ``build`` seals after reading the head under the writer lock."""

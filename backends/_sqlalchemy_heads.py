@@ -47,6 +47,7 @@ class HeadStatements:
         self._delete = delete(h).where(mine, h.c.branch_id == branch)
         self._clear = delete(h).where(mine)
         self._update = update(h).where(mine, h.c.branch_id == branch)
+        self._others = select(h.c.branch_id).where(mine, h.c.branch_id != branch).limit(1)
 
     async def read(self, conn: AsyncConnection, branch: str) -> str | None:
         found = (await conn.execute(self._select, {"branch": branch})).scalar()
@@ -72,6 +73,10 @@ class HeadStatements:
         new = update(old)
         if new != old:
             await self.store(conn, branch, new)
+
+    async def others(self, conn: AsyncConnection, branch: str) -> bool:
+        """Whether another branch of the session has a head."""
+        return (await conn.execute(self._others, {"branch": branch})).first() is not None
 
     async def branches(self, conn: AsyncConnection) -> list[str]:
         return [str(row[0]) for row in (await conn.execute(self._branches)).all()]

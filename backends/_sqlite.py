@@ -22,7 +22,7 @@ from encmem._items import (
     encode_item,
     encode_items,
 )
-from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, StoredItem
+from encmem._protocol import StoredItem
 from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import SessionClosedError
 
@@ -31,6 +31,8 @@ from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
 from ._residue import wipe_residue
 from ._rows import decode_rows, plain_item, plain_items
+from ._sqlite_heads import HeadsOnSQLite
+from ._sqlite_key_store import SeedsOnSQLite
 
 T = TypeVar("T")
 _logger = logging.getLogger("encmem.backends.sqlite")
@@ -51,8 +53,12 @@ class _Closing:
             yield from self._future.__await__()
 
 
-class SQLiteSession:
-    """Conversation history in a SQLite file (or in memory), one row per item."""
+class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
+    """Conversation history in a SQLite file (or in memory), one row per item.
+
+    It is also the key store of its sessions' seeds (table ``encmem_seeds`` in the same file)
+    unless EncryptedSession is given another one.
+    """
 
     def __init__(
         self,
@@ -105,6 +111,9 @@ class SQLiteSession:
                 conn.execute(statement)
 
         connections.immediate(conn, create)
+
+    async def _seed_connection(self) -> connections.SharedConnection:
+        return await self._connection()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -321,71 +330,7 @@ class SQLiteSession:
     def _current_branch(self) -> str:
         return MAIN
 
-    async def get_head_and_items(
-        self, limit: int | None = None, *, branch_id: str | None = None
-    ) -> HeadedItems:
-        """The branch's stored head and newest ``limit`` items, in one read snapshot."""
-        effective = resolve_limit(limit, self.session_settings)
-        branch = self._head_branch(branch_id)
-
-        def read(conn: sqlite3.Connection) -> HeadedItems:
-            head = heads.select(conn, self.messages_table, self.session_id, branch)
-            found = self._branch_tail(conn, branch, effective) if effective != 0 else []
-            return HeadedItems(branch, head, found)
-
-        return await self._read(lambda conn: connections.snapshot(conn, read))
-
     def _branch_tail(
         self, conn: sqlite3.Connection, branch: str, limit: int | None
     ) -> list[StoredItem]:
         return self._select_tail(conn, limit, None)
-
-    async def append_chained(self, build: ChainBuild) -> None:
-        """Append what ``build`` seals after reading the head under the writer lock."""
-        self._check_open()
-        branch = self._current_branch()
-
-        def append(conn: sqlite3.Connection) -> None:
-            head = heads.select(conn, self.messages_table, self.session_id, branch)
-            items, new_head = build(branch, head, lambda: self._newest(conn, branch))
-            texts = encode_items(items)
-            if texts:
-                self._append(conn, branch, items, texts)
-            heads.store(conn, self.messages_table, self.session_id, branch, new_head)
-
-        await self._write(append)
-
-    async def delete_with_head(
-        self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None
-    ) -> int:
-        """Delete items by id and change the branch's head, in one transaction."""
-        wanted = [int(i) for i in ids]
-        branch = self._head_branch(branch_id) if branch_id is not None else self._current_branch()
-
-        def delete(conn: sqlite3.Connection) -> int:
-            heads.update(conn, self.messages_table, self.session_id, branch, update)
-            return self._delete_ids(conn, branch, wanted)
-
-        return await self._write(delete)
-
-    async def update_heads(
-        self, updates: Mapping[str, HeadUpdate], replacements: Mapping[int, Item] | None = None
-    ) -> None:
-        """Replace items in place and the heads of these branches, in one transaction."""
-        rows = self._replacement_rows(replacements or {})
-        for branch in updates:
-            self._head_branch(branch)
-
-        def change(conn: sqlite3.Connection) -> None:
-            if rows:
-                self._replace_rows(conn, rows)
-            for branch, update in updates.items():
-                heads.update(conn, self.messages_table, self.session_id, branch, update)
-
-        await self._write(change)
-
-    async def list_head_branches(self) -> list[str]:
-        """Every branch of the session that has a stored head."""
-        return await self._read(
-            lambda conn: heads.branches(conn, self.messages_table, self.session_id)
-        )

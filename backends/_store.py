@@ -14,19 +14,19 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from encmem._items import is_valid_session_id
-from encmem._protocol import SessionStore
+from encmem._protocol import ErasedRows, SessionStore
 from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
 from . import _advanced_schema as schema
 from . import _sqlite_connection as connections
 from . import _sqlite_read_only as read_only_files
-from ._identifiers import check_table_name, quote_identifier
-from ._residue import wipe_residue
+from ._identifiers import check_table_name
+from ._residue import WAL_PENDING, delete_session_rows, scan_files, wipe_residue
 from ._sqlite import SQLiteSession
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -70,18 +70,6 @@ def _branches_in_memory(conn: sqlite3.Connection, sessions: str) -> None:
         schema.backfill_branches(conn, sessions)
     finally:
         conn.execute("PRAGMA query_only=ON")
-
-
-def _session_tables(conn: sqlite3.Connection) -> list[str]:
-    """Tables with a session_id column, the ones an erase must reach."""
-    names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return [
-        name
-        for name in names
-        if conn.execute(
-            "SELECT 1 FROM pragma_table_info(?) WHERE name = 'session_id'", (name,)
-        ).fetchone()
-    ]
 
 
 class SQLiteSessionStore:
@@ -222,31 +210,45 @@ class SQLiteSessionStore:
         Raises :class:`ResiduePendingError` (after the delete) when another connection's read
         transaction kept the WAL from being emptied; erasing again later finishes the job.
         """
-        if self.read_only:
-            raise StoreError(f"{self._shown} was opened read-only; nothing was erased")
-
-        def delete_rows(conn: sqlite3.Connection) -> int:
-            tables = [quote_identifier(t) for t in _session_tables(conn)]
-            # Counted first: rows ON DELETE CASCADE removes are missing from the rowcounts.
-            removed = sum(
-                conn.execute(f"SELECT COUNT(*) FROM {t} WHERE session_id = ?", (session_id,))
-                .fetchone()[0]
-                for t in tables
-            )
-            # Children first, so foreign keys never see a dangling parent.
-            for table in sorted(tables, key=lambda t: t == quote_identifier(self.sessions_table)):
-                conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
-            return int(removed)
-
-        def erase(conn: sqlite3.Connection) -> tuple[int, bool]:
-            removed = connections.immediate(conn, delete_rows)
-            return removed, wipe_residue(conn)
-
-        await self._shared.start()
-        removed, emptied = await self._shared.run(erase)
-        if not emptied:
+        erased = await self.erase_rows(session_id)
+        removed = sum(erased.rows.values())
+        if erased.residue_pending:
             raise ResiduePendingError(session_id, removed)
         return removed
+
+    async def erase_rows(self, session_id: str) -> ErasedRows:
+        """Delete every row of the session from every table, then empty the WAL."""
+        if self.read_only:
+            raise StoreError(f"{self._shown} was opened read-only; nothing was erased")
+        sessions = self.sessions_table
+
+        def erase(conn: sqlite3.Connection) -> ErasedRows:
+            removed = connections.immediate(
+                conn, lambda conn: delete_session_rows(conn, session_id, sessions)
+            )
+            emptied = wipe_residue(conn)
+            return ErasedRows(removed, not emptied, "WAL emptied" if emptied else WAL_PENDING)
+
+        await self._shared.start()
+        return await self._shared.run(erase)
+
+    async def residue_hits(
+        self, session_id: str, tokens: Sequence[str]
+    ) -> tuple[int | None, int]:
+        """How often the session id, and any of ``tokens``, still occur in the file's bytes
+        (the database and its WAL): both 0 once an erase is complete."""
+        others = [sid for sid in await self.session_ids() if session_id in sid]
+        return scan_files(self.path, session_id, tokens, others)
+
+    async def last_writes(self) -> dict[str, float]:
+        """When each session was last written to (its session row's ``updated_at``)."""
+        s = self.sessions_table
+        rows = await self._shared.run(
+            lambda conn: conn.execute(
+                f"SELECT session_id, CAST(strftime('%s', updated_at) AS INTEGER) FROM {s}"
+            ).fetchall()
+        )
+        return {str(sid): float(when) for sid, when in rows if when is not None}
 
     async def aclose(self) -> None:
         """Close every session opened through the store, then the store's connection.

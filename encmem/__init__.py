@@ -4,6 +4,7 @@
 ``encmem.backends``.
 """
 
+from ._erasure import ErasureReceipt, erase_idle_sessions, erase_session
 from ._items import CorruptRow
 from ._keys import Keyring, generate_key
 from ._protocol import (
@@ -11,6 +12,7 @@ from ._protocol import (
     Branching,
     HistoryHead,
     ItemAddressing,
+    KeyStore,
     Session,
     SessionStore,
     StoredItem,
@@ -35,6 +37,7 @@ from .errors import (
     ResiduePendingError,
     ScanBudgetExceeded,
     SessionClosedError,
+    SessionErasedError,
     StoreError,
     TamperedItemError,
     UnknownKeyIdError,
@@ -54,12 +57,14 @@ __all__ = [
     "DecryptionError",
     "EncmemError",
     "EncryptedSession",
+    "ErasureReceipt",
     "HistoryTamperedError",
     "HistoryHead",
     "InvalidItemError",
     "ItemTooLargeError",
     "InvalidKeyError",
     "ItemAddressing",
+    "KeyStore",
     "Keyring",
     "MissingTablesError",
     "NotASessionStoreError",
@@ -68,6 +73,7 @@ __all__ = [
     "ScanBudgetExceeded",
     "Session",
     "SessionClosedError",
+    "SessionErasedError",
     "SessionStore",
     "StoreError",
     "StoredItem",
@@ -79,6 +85,8 @@ __all__ = [
     "UserTurnSource",
     "__version__",
     "encrypt_store",
+    "erase_idle_sessions",
+    "erase_session",
     "generate_key",
     "purge_store",
     "rotate_store",

@@ -15,6 +15,7 @@ items with their head, so a cut tail, a re-inserted pop or a copied branch disag
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from typing import NamedTuple
 
@@ -25,8 +26,6 @@ GENESIS = ""
 """The ``prev`` of the first item of a chain."""
 
 _DIGEST_CHARS = 64  # SHA-256 in hex
-ANCHOR_CHARS = 32
-"""How much of a digest an anchor keeps (128 bits)."""
 
 
 class Link(NamedTuple):
@@ -38,26 +37,44 @@ class Link(NamedTuple):
 
 
 class Head(NamedTuple):
-    """What a branch's head records (authenticated): branch, newest seq and digest, floor."""
+    """What a branch's head records (authenticated): branch, newest seq and digest, floor,
+    and whether items sealed before chains may precede the chain (``legacy``)."""
 
     branch: str
     seq: int
     link: str
     floor: int
+    legacy: bool = False
 
     @property
     def empty(self) -> bool:
         """Whether the branch is expected to hold no chained item at all."""
         return self.seq < self.floor
 
-    def anchor(self) -> str:
-        """A short printable digest of the history up to this head, to keep elsewhere."""
-        return anchor(self.seq, self.link)
+
+def anchor(keyring: Keyring, session_id: str, head: Head, kid: str | None = None) -> str:
+    """``KID:FLOOR-SEQ.MAC``: where a branch's history starts and ends, keyed.
+
+    The MAC (HMAC-SHA256 under a key derived from master key ``kid``, cut to 128 bits)
+    covers the branch, floor, newest number and digest: a copy rolled back past a write or
+    a purge ends elsewhere, and without the key an anchor says nothing about content.
+    """
+    kid = keyring.primary_kid if kid is None else kid
+    key = keyring.anchor_key(kid, session_id)
+    if key is None:
+        raise UnknownKeyIdError(
+            "the anchor was made under a key id the keyring does not hold; add that key to "
+            "the Keyring to check it"
+        )
+    message = f"{head.branch}\0{head.floor}\0{head.seq}\0{head.link}".encode()
+    mac = hmac.new(key, message, hashlib.sha256).digest()[:16]
+    return f"{kid}:{head.floor}-{head.seq}.{mac.hex()}"
 
 
-def anchor(seq: int, link: str) -> str:
-    """``SEQ.DIGEST``: the newest item's number and the start of its digest ("0.-": empty)."""
-    return f"{seq}.{link[:ANCHOR_CHARS] or '-'}"
+def anchor_kid(text: str) -> str | None:
+    """The key id an anchor names (None when it is not one of ours)."""
+    kid, sep, rest = text.rpartition(":")
+    return kid if sep and kid and rest else None
 
 
 def digest(sealed_text: bytes) -> str:
@@ -105,7 +122,7 @@ def seal_head(keyring: Keyring, session_id: str, head: Head) -> str:
     key = keyring.session_key(kid, session_id)
     assert key is not None
     text = json.dumps(
-        {"head": {"branch": head.branch, "seq": head.seq, "link": head.link, "floor": head.floor}},
+        {"head": head._asdict()},
         ensure_ascii=True,
         separators=(",", ":"),
     )
@@ -134,7 +151,9 @@ def open_head(stored: str, keyring: Keyring, session_id: str, branch: str) -> He
         raise _head_error("failed authentication (edited, or copied from elsewhere)", branch)
     try:
         fields = json.loads(opened[0].decode("ascii"))["head"]
-        head = Head(fields["branch"], fields["seq"], fields["link"], fields["floor"])
+        head = Head(
+            fields["branch"], fields["seq"], fields["link"], fields["floor"], fields["legacy"]
+        )
     except (UnicodeDecodeError, ValueError, StopIteration, KeyError, TypeError):
         raise _head_error("does not have a head's shape", branch) from None
     if head.branch != branch:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import json
 import re
 import time
@@ -27,13 +28,25 @@ from ._chain import GENESIS, Link, digest, unwrap, wrap
 from ._items import CorruptRow, Item, decode_item
 from ._keys import SDK_KID, Keyring
 from ._token import FernetKey
-from .errors import CorruptRowError, PlaintextItemError, TamperedItemError, UnknownKeyIdError
+from .errors import (
+    CorruptRowError,
+    DecryptionError,
+    PlaintextItemError,
+    SessionErasedError,
+    TamperedItemError,
+    UnknownKeyIdError,
+)
 
 FORMAT_VERSION = 3
+SHREDDABLE_VERSION = 4
+"""Chained, under a key derived with the session's seed (crypto-shredding)."""
+CHAINED_VERSIONS = (FORMAT_VERSION, SHREDDABLE_VERSION)
 UNCHAINED_VERSION = 2
 SDK_FORMAT_VERSION = 1
 CLEAR_FIELDS = ("role", "type", "name", "namespace", "server_label")
 _ENVELOPE_KEYS = frozenset(("__enc__", "v", "kid", "payload"))
+_SEEDED_KEYS = _ENVELOPE_KEYS | {"seed"}
+_SEED_ID = re.compile(r"[0-9a-f]{16}")
 _CLEAR_SET = frozenset(CLEAR_FIELDS)
 _SHOWABLE = re.compile(r"[A-Za-z0-9._-]{1,64}|hkdf-v1")
 MAX_CLOCK_SKEW = 60
@@ -49,6 +62,7 @@ class Opened(NamedTuple):
     kid: str
     version: int
     link: Link | None = None
+    seed_id: str | None = None
 
 
 def is_envelope(obj: object) -> bool:
@@ -78,12 +92,20 @@ def clear_fields(item: Item) -> dict[str, Any]:
 
 
 def seal_link(
-    key: FernetKey, kid: str, item: Item, item_json: str, sealed_at: int, seq: int, prev: str
+    key: FernetKey,
+    kid: str,
+    item: Item,
+    item_json: str,
+    sealed_at: int,
+    seq: int,
+    prev: str,
+    seed_id: str | None = None,
 ) -> tuple[Item, str]:
     """Encrypt ``item`` (encoded as ``item_json``) as item ``seq`` of its chain, after the
-    item whose digest is ``prev``; return the v3 envelope and this item's digest."""
+    item whose digest is ``prev``; return the envelope and this item's digest. With the
+    ``seed_id`` of the seed ``key`` was derived with, the envelope is a v4 one."""
     sealed = wrap(item_json, seq, prev).encode("utf-8")
-    return _envelope(key.seal(sealed, sealed_at), kid, item), digest(sealed)
+    return _envelope(key.seal(sealed, sealed_at), kid, item, seed_id), digest(sealed)
 
 
 def seal(
@@ -99,13 +121,18 @@ def seal(
     return seal_link(key, kid, item, item_json, sealed_at, seq, prev)[0]
 
 
-def reseal(key: FernetKey, kid: str, opened: Opened, sealed_text: bytes) -> Item:
+def reseal(
+    key: FernetKey, kid: str, opened: Opened, sealed_text: bytes, seed_id: str | None = None
+) -> Item:
     """The same sealed text under ``key`` with its original seal time (rotation)."""
-    return _envelope(key.seal(sealed_text, opened.sealed_at), kid, opened.item)
+    return _envelope(key.seal(sealed_text, opened.sealed_at), kid, opened.item, seed_id)
 
 
-def _envelope(token: str, kid: str, item: Item) -> Item:
+def _envelope(token: str, kid: str, item: Item, seed_id: str | None = None) -> Item:
     envelope: Item = {"__enc__": 1, "v": FORMAT_VERSION, "kid": kid, "payload": token}
+    if seed_id is not None:
+        envelope["v"] = SHREDDABLE_VERSION
+        envelope["seed"] = seed_id
     for name in CLEAR_FIELDS:
         if name in item:
             envelope[name] = item[name]
@@ -164,10 +191,10 @@ def shown(value: object) -> str:
     return f"<a {type(value).__name__} that is not a valid key id>"
 
 
-def _check_clear_fields(obj: dict[str, Any], item: Item) -> None:
+def _check_clear_fields(obj: dict[str, Any], item: Item, envelope_keys: frozenset[str]) -> None:
     """The clear fields must be exactly the item's structural fields, with nothing else."""
     for name, value in obj.items():
-        if name in _ENVELOPE_KEYS:
+        if name in envelope_keys:
             continue
         if name not in _CLEAR_SET:
             raise TamperedItemError(f"the envelope has an unexpected field {name!r}")
@@ -196,7 +223,7 @@ class Opener:
     memory, which is why its size is the caller's choice.
     """
 
-    __slots__ = ("_cache", "_cache_size", "_clock", "_keys", "keyring", "session_id")
+    __slots__ = ("_cache", "_cache_size", "_clock", "_keys", "keyring", "seeds", "session_id")
 
     def __init__(
         self,
@@ -207,7 +234,9 @@ class Opener:
     ) -> None:
         self.keyring = keyring
         self.session_id = session_id
-        self._keys: dict[str, FernetKey | None] = {}
+        self._keys: dict[tuple[str, str | None], FernetKey | None] = {}
+        self.seeds: dict[str, bytes | DecryptionError] | None = None
+        """Seed id -> seed of this session, from its key store (None: no key store)."""
         self._cache: dict[str, tuple[dict[str, Any], str, int, Link | None]] = {}
         self._cache_size = cache_size
         self._clock = clock
@@ -219,12 +248,36 @@ class Opener:
             if isinstance(token, str):
                 self._cache.pop(token, None)
 
-    def _key(self, kid: str) -> FernetKey | None:
+    def _key(self, kid: str, seed_id: str | None = None) -> FernetKey | None:
         try:
-            return self._keys[kid]
+            return self._keys[kid, seed_id]
         except KeyError:
-            key = self._keys[kid] = self.keyring.session_key(kid, self.session_id)
+            seed = None if seed_id is None else self._seed(seed_id)
+            key = self._keys[kid, seed_id] = self.keyring.session_key(kid, self.session_id, seed)
             return key
+
+    def _seed(self, seed_id: str) -> bytes:
+        if self.seeds is None:
+            raise UnknownKeyIdError(
+                "the item was sealed under a key derived with the session's seed, and no key "
+                "store was given: pass EncryptedSession(..., key_store=...) (encmem's own "
+                "backends keep seeds in the same store by default)"
+            )
+        seed = self.seeds.get(seed_id)
+        if isinstance(seed, DecryptionError):  # the key store holds it; it does not open
+            raise copy.copy(seed)
+        if seed is None and self.seeds:
+            raise TamperedItemError(
+                "the item was sealed under another seed than the session's: an item moved "
+                "from another session, or a copy left from before the session was erased"
+            )
+        if seed is None:
+            raise SessionErasedError(
+                "the item was sealed under a seed the key store no longer holds: the session "
+                "was erased (or, if it was not, the key store lost the seed: restore the key "
+                "store from a backup)"
+            )
+        return seed
 
     def open(self, obj: object, remember: bool = True) -> Opened:
         """Authenticate and decrypt one stored object; raise a DecryptionError subclass if not.
@@ -253,7 +306,12 @@ class Opener:
                 f"the envelope's format version is not an integer (a {type(version).__name__})"
             )
         if version in (FORMAT_VERSION, UNCHAINED_VERSION):
-            return self._open_ours(obj, token, kid, version, remember)
+            return self._open_ours(obj, token, kid, version, None, remember)
+        if version == SHREDDABLE_VERSION:
+            seed_id = obj.get("seed")
+            if not isinstance(seed_id, str) or not _SEED_ID.fullmatch(seed_id):
+                raise TamperedItemError("the envelope's seed id is not one")
+            return self._open_ours(obj, token, kid, version, seed_id, remember)
         if version == SDK_FORMAT_VERSION and kid == SDK_KID:
             if obj.keys() != _ENVELOPE_KEYS:
                 raise TamperedItemError(
@@ -264,7 +322,13 @@ class Opener:
         raise TamperedItemError(f"unknown envelope format v={shown_version} kid={shown(kid)}")
 
     def _open_ours(
-        self, obj: dict[str, Any], token: str, kid: str, version: int, remember: bool
+        self,
+        obj: dict[str, Any],
+        token: str,
+        kid: str,
+        version: int,
+        seed_id: str | None,
+        remember: bool,
     ) -> Opened:
         cached = self._cache.get(token) if self._cache_size else None
         if cached is not None and _same_json(cached[0], obj):
@@ -272,8 +336,8 @@ class Opener:
             # Its JSON text was checked then; each hit parses a fresh copy for the caller.
             value = _scan_json(cached[1], 0)[0]
             item = value["item"] if cached[3] is not None else value
-            return Opened(item, cached[2], kid, version, cached[3])
-        key = self._key(kid)
+            return Opened(item, cached[2], kid, version, cached[3], seed_id)
+        key = self._key(kid, seed_id)
         if key is None:
             raise UnknownKeyIdError(
                 f"the item was sealed under key id {shown(kid)}, which the keyring does not "
@@ -292,19 +356,19 @@ class Opener:
         text = _sealed_text(plaintext)
         item = _decode_sealed(text)
         link: Link | None = None
-        if version == FORMAT_VERSION:
+        if version != UNCHAINED_VERSION:
             item, seq, prev = unwrap(item)
             link = Link(seq, prev, digest(plaintext))
-        _check_clear_fields(obj, item)
+        _check_clear_fields(obj, item, _ENVELOPE_KEYS if seed_id is None else _SEEDED_KEYS)
         if self._cache_size and remember:
             self._cache[token] = (dict(obj), text, sealed_at, link)
             if len(self._cache) > self._cache_size:
                 del self._cache[next(iter(self._cache))]  # the oldest entry
-        return Opened(item, sealed_at, kid, version, link)
+        return Opened(item, sealed_at, kid, version, link, seed_id)
 
     def sealed_plaintext(self, obj: Item, opened: Opened) -> bytes:
         """The exact plaintext of an envelope that opened (to re-seal it under another key)."""
-        key = self._key(opened.kid)
+        key = self._key(opened.kid, opened.seed_id)
         found = key.open(obj["payload"]) if key is not None else None
         assert found is not None, "sealed_plaintext() takes an envelope that opened"
         return found[0]
@@ -322,7 +386,14 @@ class Opener:
 
 
 def open_envelope(
-    obj: object, keyring: Keyring, session_id: str, clock: Callable[[], float] = time.time
+    obj: object,
+    keyring: Keyring,
+    session_id: str,
+    clock: Callable[[], float] = time.time,
+    seeds: dict[str, bytes | DecryptionError] | None = None,
 ) -> Opened:
-    """Authenticate and decrypt one stored object (see :meth:`Opener.open`)."""
-    return Opener(keyring, session_id, clock=clock).open(obj)
+    """Authenticate and decrypt one stored object (see :meth:`Opener.open`), with the
+    session's ``seeds`` from its key store when it has one."""
+    opener = Opener(keyring, session_id, clock=clock)
+    opener.seeds = seeds
+    return opener.open(obj)

@@ -122,7 +122,7 @@ def trusted_from(entries: Sequence[Entry], head: Head) -> int:
     """
     at = len(entries)
     if head.empty:
-        while at > 0 and entries[at - 1].link is None:
+        while at > 0 and entries[at - 1].link is None and head.legacy:
             at -= 1
         return at
     seq, digest = head.seq, head.link
@@ -132,7 +132,7 @@ def trusted_from(entries: Sequence[Entry], head: Head) -> int:
             return at
         at -= 1
         if link.seq == head.floor:
-            while at > 0 and entries[at - 1].link is None:
+            while at > 0 and entries[at - 1].link is None and head.legacy:
                 at -= 1
             return at
         seq, digest = link.seq - 1, link.prev
@@ -140,18 +140,34 @@ def trusted_from(entries: Sequence[Entry], head: Head) -> int:
 
 
 def find_break(
-    entries: Sequence[Entry], head: Head | None, *, complete: bool, headed: bool
+    entries: Sequence[Entry],
+    head: Head | None,
+    *,
+    complete: bool,
+    headed: bool,
+    head_expected: bool = False,
 ) -> Break | None:
     """The first break in ``entries`` (oldest first), or None when they are a sound chain.
 
     ``complete``: the entries are the whole branch, so the first must stand at the floor and
-    sealed-before-chains items may only come first. ``headed``: the store keeps heads, so
-    chained items without one mean the head was removed.
+    sealed-before-chains items may only come first (and only where the head allows them).
+    ``headed``: the store keeps heads, so chained items without one mean the head was
+    removed; ``head_expected``: other branches of the session have heads, so this one must.
     """
+    if head is None and headed and head_expected:
+        return Break(
+            "head mismatch", max(len(entries) - 1, 0), "the branch's history head is missing"
+        )
     prev: Link | None = None
     chained = False
     for index, (_, link) in enumerate(entries):
         if link is None:
+            if head is not None and not head.legacy:
+                return Break(
+                    "unchained",
+                    index,
+                    "an item sealed before chains, in a history that began chained",
+                )
             if chained and complete:
                 return Break(
                     "unchained", index, "an item without a place in the chain follows chained ones"

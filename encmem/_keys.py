@@ -40,6 +40,9 @@ KeyInput = Union[str, bytes]  # noqa: UP007 - a runtime alias, evaluated on Pyth
 
 _SDK_INFO = b"agents.session-store.hkdf.v1"
 _V2_INFO = b"encmem.session-key.v2"
+_SHREDDABLE_INFO = b"encmem.shreddable-session-key.v1"
+_SEED_INFO = b"encmem.seed-key.v1"
+_ANCHOR_INFO = b"encmem.anchor-key.v1"
 _CACHE_SIZE = 4096
 _MIN_PASSPHRASE_CHARS = 12
 
@@ -90,6 +93,12 @@ def _parse_entry(position: int, value: object) -> tuple[bytes, bytes | None]:
         return parse_key(value)
     except InvalidKeyError as exc:
         raise InvalidKeyError(f"entry {position}: {exc}") from None
+
+
+def _bound(kid: str, session_id: str) -> bytes:
+    """``len(kid) ‖ kid ‖ session_id``: what a derived key is bound to, unambiguously."""
+    kid_bytes = kid.encode("ascii")
+    return len(kid_bytes).to_bytes(2, "big") + kid_bytes + session_id.encode("utf-8")
 
 
 def _hkdf(material: bytes, salt: bytes | None, info: bytes) -> bytes:
@@ -149,7 +158,7 @@ class Keyring:
         self._material = material
         self._sdk = list(dict.fromkeys(sdk))
         self._primary = primary
-        self._cache: OrderedDict[tuple[str, str], FernetKey] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, bytes], FernetKey] = OrderedDict()
         self._sdk_cache: OrderedDict[str, list[FernetKey]] = OrderedDict()
 
     @classmethod
@@ -237,17 +246,43 @@ class Keyring:
 
     __str__ = __repr__
 
-    def session_key(self, kid: str, session_id: str) -> FernetKey | None:
-        """The key of ``session_id`` under master key ``kid``; None for an unknown kid."""
-        cache_key = (kid, session_id)
+    def session_key(
+        self, kid: str, session_id: str, seed: bytes | None = None
+    ) -> FernetKey | None:
+        """The key of ``session_id`` under master key ``kid``; None for an unknown kid.
+
+        With a ``seed`` (the session's random 32 bytes, kept in a key store) the seed is
+        HKDF's salt: destroying the seed makes every copy of the session's items
+        undecryptable, whoever holds the master key.
+        """
+        cache_key = (kid, session_id, seed or b"")
         key = _cached(self._cache, cache_key)
         if key is not None:
             return key
         material = self._material.get(kid)
         if material is None:
             return None
-        kid_bytes = kid.encode("ascii")
-        info = _V2_INFO + len(kid_bytes).to_bytes(2, "big") + kid_bytes + session_id.encode("utf-8")
+        label = _V2_INFO if seed is None else _SHREDDABLE_INFO
+        info = label + _bound(kid, session_id)
+        return _remember(self._cache, cache_key, FernetKey(_hkdf(material, seed, info)))
+
+    def anchor_key(self, kid: str, session_id: str) -> bytes | None:
+        """The HMAC key of ``session_id``'s history anchors under ``kid`` (None: unknown)."""
+        material = self._material.get(kid)
+        if material is None:
+            return None
+        return _hkdf(material, None, _ANCHOR_INFO + _bound(kid, session_id))
+
+    def seed_key(self, kid: str, session_id: str) -> FernetKey | None:
+        """The key that seals ``session_id``'s seed in a key store (None for an unknown kid)."""
+        cache_key = (kid, session_id, b"seed")  # a seed is 32 bytes: never b"seed"
+        key = _cached(self._cache, cache_key)
+        if key is not None:
+            return key
+        material = self._material.get(kid)
+        if material is None:
+            return None
+        info = _SEED_INFO + _bound(kid, session_id)
         return _remember(self._cache, cache_key, FernetKey(_hkdf(material, None, info)))
 
     def session_fernet(self, kid: str, session_id: str) -> Fernet | None:

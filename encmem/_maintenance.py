@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from ._chain import Link
-from ._envelope import FORMAT_VERSION, Opener, is_envelope, reseal
+from ._envelope import FORMAT_VERSION, SHREDDABLE_VERSION, Opener, is_envelope, reseal
 from ._items import CorruptRow, Item
 from ._keys import Keyring
 from ._protocol import Capabilities, ItemAddressing, Session, StoredItem
 from ._reading import OnInvalid, is_expired
 from ._rechain import Sealable, needs_chain, open_for_chain, plan_chain, read_branches, write_plan
+from ._seeds import Seeds
 from ._writing import Chainer, Conflict
 from .errors import DecryptionError, StoreError
 
@@ -37,6 +38,7 @@ class Sealed(Protocol):
     on_invalid: OnInvalid
     clock: Callable[[], float]
     max_item_bytes: int | None
+    _seeds: Seeds
 
     @property
     def keyring(self) -> Keyring: ...
@@ -139,8 +141,10 @@ def _unreadable(session: Sealed, exc: DecryptionError, stored: StoredItem) -> No
         raise exc.located(session.session_id, None, stored.id) from None
 
 
-def _opener(session: Sealed) -> Opener:
-    return Opener(session.keyring, session.session_id, clock=session.clock)  # no cache
+async def _opener(session: Sealed) -> Opener:
+    opener = Opener(session.keyring, session.session_id, clock=session.clock)  # no cache
+    opener.seeds = await session._seeds.load(refresh=True)
+    return opener
 
 
 async def _chain_session(
@@ -161,7 +165,7 @@ async def _chain_session(
         if not needs_chain(found):
             result.unchanged = result.examined
             return False, result
-        opener, now = _opener(session), int(session.clock())
+        opener, now = await _opener(session), int(session.clock())
         sources: dict[int, Sealable] = {}
         for stored in distinct.values():
             try:
@@ -170,7 +174,8 @@ async def _chain_session(
                 result.unreadable += 1
                 _unreadable(session, exc, stored)
         chainer = Chainer(session)
-        plan = plan_chain(chainer, found, sources)
+        seed = None if dry_run else await session._seeds.for_writing()
+        plan = plan_chain(chainer, found, sources, seed)
         seen = {branch.name: branch.head for branch in found}
         try:
             result.changed = (
@@ -193,9 +198,12 @@ async def _reseal(
     seal time and its exact sealed text (so every link of the chain stays)."""
     source, branches = await _branches(session, "rotate_keys()")
     kid = session.keyring.primary_kid
-    key = session.keyring.session_key(kid, session.session_id)
+    seed = None if dry_run else await session._seeds.for_writing()
+    seed_id = None if seed is None else seed[0]
+    key = session.keyring.session_key(kid, session.session_id, None if seed is None else seed[1])
     assert key is not None
-    opener = _opener(session)
+    opener = await _opener(session)
+    shreddable = session._seeds.store is not None
     result = MaintenanceResult()
     reached: set[int] = set()
     async for _, batch in walk(branches, _check_batch(batch_size), reached):
@@ -203,7 +211,7 @@ async def _reseal(
         for stored in batch:
             result.examined += 1
             obj = stored.item
-            if not isinstance(obj, CorruptRow) and _current(obj, kid):
+            if not isinstance(obj, CorruptRow) and _current(obj, kid, shreddable, seed_id):
                 result.unchanged += 1
                 continue
             try:
@@ -213,7 +221,8 @@ async def _reseal(
                 _unreadable(session, exc, stored)
                 continue
             assert isinstance(obj, dict)
-            replacements[stored.id] = reseal(key, kid, opened, opener.sealed_plaintext(obj, opened))
+            sealed_text = opener.sealed_plaintext(obj, opened)
+            replacements[stored.id] = reseal(key, kid, opened, sealed_text, seed_id)
         if replacements:
             result.changed += (
                 len(replacements) if dry_run else await source.replace_stored_items(replacements)
@@ -224,14 +233,16 @@ async def _reseal(
     return result
 
 
-def _current(obj: Item, kid: str) -> bool:
+def _current(obj: Item, kid: str, shreddable: bool, seed_id: str | None) -> bool:
+    """Whether an item is sealed as rotation would seal it now: under the primary key, and
+    with the session's current seed when it has a key store."""
     version = obj.get("v")
-    return (
-        is_envelope(obj)
-        and type(version) is int
-        and version == FORMAT_VERSION
-        and (obj.get("kid") == kid)
-    )
+    if not is_envelope(obj) or type(version) is not int or obj.get("kid") != kid:
+        return False
+    if not shreddable:
+        return version == FORMAT_VERSION
+    # In a dry run the seed is not made: any seeded item counts as current.
+    return version == SHREDDABLE_VERSION and (seed_id is None or obj.get("seed") == seed_id)
 
 
 async def rotate(
@@ -251,10 +262,14 @@ async def rotate(
         session, "rotate_keys()", seal_plaintext=False, dry_run=dry_run
     )
     if chained:
+        if not dry_run:
+            await session._seeds.reseal()
         if progress is not None:
             progress(result.examined)
         return result
     result = await _reseal(session, batch_size=batch_size, progress=progress, dry_run=dry_run)
+    if not dry_run:
+        await session._seeds.reseal()
     heads = Capabilities.of(session.underlying_session).heads
     if heads is not None and not dry_run:
         chainer = Chainer(session)
@@ -305,7 +320,7 @@ async def purge_expired(
     if session.ttl is None:
         return result
     caps = Capabilities.of(session.underlying_session)
-    chainer, opener, now = Chainer(session), _opener(session), session.clock()
+    chainer, opener, now = Chainer(session), await _opener(session), session.clock()
     reached: set[int] = set()
     for branch in branches:
         (rows,) = await read_branches(caps, [branch.branch_id])

@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import cast
 
 from ._items import check_session_id
-from ._protocol import Session
+from ._protocol import KeyStore, Session
 from ._reading import OnInvalid
 from .errors import UnsupportedOperation
 
@@ -99,3 +99,13 @@ def check_max_item_bytes(value: object) -> int | None:
             f"max_item_bytes must be a positive int or None for no limit, not {value!r}"
         )
     return value
+
+
+def check_key_store(key_store: object) -> KeyStore | None:
+    """A key store for the session's seed (None: the wrapped session's own, if it has one)."""
+    if key_store is None or isinstance(key_store, KeyStore):
+        return key_store
+    raise TypeError(
+        f"key_store must be a key store (encmem.backends.SQLiteKeyStore or "
+        f"SQLAlchemyKeyStore), not {type(key_store).__name__}"
+    )

@@ -45,41 +45,34 @@ async def pop_by_id(reader: Reader, fetch: Fetch, delete: Delete) -> Item | None
             return opened.item
 
 
-async def pop_headed(
-    reader: Reader, heads: HistoryHead, fetch: Fetch, chainer: Chainer
-) -> Item | None:
+async def pop_headed(reader: Reader, heads: HistoryHead, chainer: Chainer) -> Item | None:
     """Pop from a store that keeps heads: the item and the head change in one transaction.
 
     The newest row and the head are read in one snapshot; the delete goes through only if
     the head is still the one read (else another writer came first, and the pop starts
     again) and the row is the item the head records (else the history was tampered with,
-    and nothing is deleted). In skip mode an unreadable newest item is stepped over and
-    kept; the head then stays as it is.
+    and nothing is deleted). An unreadable newest item raises; in skip mode nothing is
+    popped (popping the item under it would cut the chain in the middle).
     """
     while True:
         found = await heads.get_head_and_items(1)
         if not found.items:
             return None
-        stored, seen = found.items[0], found.head
-        position = 1
-        while True:
-            now = reader.rules.clock()
-            try:
-                opened = reader.opener.open(stored.item)
-                break
-            except DecryptionError as exc:
-                reader.refuse(exc, position, stored.id, "pop_item stepped over")
-            older = await fetch(1, stored.id)
-            if not older:
-                return None
-            stored, position = older[0], position + 1
-        update = chainer.after_pop(found.branch, seen, opened, keep_head=position > 1)
+        stored = found.items[0]
+        now = reader.rules.clock()
+        await reader.know_seeds([stored])
+        try:
+            opened = reader.opener.open(stored.item)
+        except DecryptionError as exc:
+            reader.refuse(exc, 1, stored.id, "pop_item popped nothing: it cannot read")
+            return None
+        update = chainer.after_pop(found.branch, found.head, opened)
         try:
             deleted = await heads.delete_with_head([stored.id], update)
         except Conflict:
             continue
         except DecryptionError as exc:
-            raise exc.located(reader.rules.session_id, position, stored.id) from None
+            raise exc.located(reader.rules.session_id, 1, stored.id) from None
         if deleted == 0:
             continue  # another writer took it first; start again
         reader.opener.forget(stored.item)

@@ -149,6 +149,8 @@ class HeadedItems(NamedTuple):
     """The branch read (the session's one branch is called ``main``)."""
     head: str | None
     items: list[StoredItem]
+    others: bool = False
+    """Whether other branches of the session have heads (then this one must have one)."""
 
 
 @runtime_checkable
@@ -188,9 +190,62 @@ class HistoryHead(Protocol):
         ...
 
 
+class StoredSeed(NamedTuple):
+    """A session's seed as a key store keeps it: its id, and the seed sealed under a key
+    derived from master key ``kid`` (a key store never sees a seed in the clear)."""
+
+    seed_id: str
+    kid: str
+    sealed: str
+
+
+class SeedDestruction(NamedTuple):
+    """What destroying a seed did: whether there was one, and whether old copies of its row
+    may still sit in the key store's WAL until readers finish (``residue_pending``)."""
+
+    existed: bool
+    residue_pending: bool
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """Where sessions' seeds live: a table in the session store itself, or a separate store
+    on storage with short backup retention. Destroying a seed shreds its session."""
+
+    async def get_seed(self, session_id: str) -> StoredSeed | None:
+        """The session's seed, or None when it has none (never had one, or it was erased)."""
+        ...
+
+    async def put_seed(self, session_id: str, seed: StoredSeed) -> StoredSeed:
+        """Keep ``seed`` unless the session has one already; return the one kept."""
+        ...
+
+    async def replace_seed(self, session_id: str, seed: StoredSeed) -> None:
+        """Re-seal the session's seed (same id, another key: rotation)."""
+        ...
+
+    async def destroy_seed(self, session_id: str) -> SeedDestruction:
+        """Delete the seed for good: committed, its pages overwritten, the WAL emptied."""
+        ...
+
+    async def seed_session_ids(self) -> list[str]:
+        """Every session that has a seed, sorted."""
+        ...
+
+
 @runtime_checkable
 class StoreSession(Session, ItemAddressing, Protocol):
     """A session handed out by a store: the Session protocol plus item addressing."""
+
+
+class ErasedRows(NamedTuple):
+    """What deleting a session's rows did: rows per table, and whether old copies of their
+    pages remain for now (SQLite: a WAL other readers kept; PostgreSQL: dead tuples that no
+    ``VACUUM`` removed yet), with a word on which."""
+
+    rows: dict[str, int]
+    residue_pending: bool
+    residue: str
 
 
 @runtime_checkable
@@ -218,6 +273,28 @@ class SessionStore(Protocol):
         ...
 
 
+@runtime_checkable
+class ErasableStore(Protocol):
+    """A store that reports what an erase did, table by table, and what is left of it."""
+
+    async def erase_rows(self, session_id: str) -> ErasedRows:
+        """Delete every row of the session from every table, then clear the residue (SQLite:
+        empty the WAL; PostgreSQL: VACUUM) as far as other readers allow."""
+        ...
+
+    async def residue_hits(
+        self, session_id: str, tokens: Sequence[str]
+    ) -> tuple[int | None, int] | None:
+        """How often the session id (None: too short to look for) and the given tokens
+        still occur in the store's files; None where the store cannot be read byte by byte
+        (a database server)."""
+        ...
+
+    async def last_writes(self) -> dict[str, float]:
+        """When each session was last written to (seconds since the epoch)."""
+        ...
+
+
 T = TypeVar("T")
 
 
@@ -234,6 +311,7 @@ class Capabilities(NamedTuple):
     branch_addressing: BranchAddressing | None
     user_turns: UserTurnSource | None
     heads: HistoryHead | None
+    key_store: KeyStore | None
 
     @classmethod
     def of(cls, session: object) -> Capabilities:
@@ -245,6 +323,7 @@ class Capabilities(NamedTuple):
             session if branching is not None and isinstance(session, BranchAddressing) else None,
             session if isinstance(session, UserTurnSource) else None,
             session if isinstance(session, HistoryHead) else None,
+            session if isinstance(session, KeyStore) else None,
         )
 
     def need(self, capability: T | None, name: str, operation: str) -> T:

@@ -11,11 +11,12 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
-from ._chain import Head, anchor, open_head
+from ._chain import Head, open_head
 from ._envelope import Opened, Opener
 from ._history import UNREAD, Entry, find_break, trusted_from
 from ._items import Item
 from ._protocol import StoredItem
+from ._seeds import SeedMap
 from .errors import DecryptionError, ScanBudgetExceeded
 
 logger = logging.getLogger("encmem")
@@ -51,9 +52,10 @@ def is_expired(sealed_at: int, ttl: float | None, now: float) -> bool:
     return ttl is not None and now >= sealed_at + ttl + 1
 
 
-Newest = Callable[[int | None], Awaitable[tuple[str | None, str | None, list[Any]]]]
-"""``newest(limit)``: (branch id, stored head, newest ``limit`` stored objects, all when None),
-oldest first, as :class:`StoredItem` or, without storage ids, bare objects."""
+Newest = Callable[[int | None], Awaitable[tuple[str | None, str | None, list[Any], bool]]]
+"""``newest(limit)``: (branch id, stored head, newest ``limit`` stored objects, all when None,
+oldest first, as :class:`StoredItem` or, without storage ids, bare objects; whether other
+branches of the session have heads)."""
 
 
 class Branch(NamedTuple):
@@ -66,21 +68,38 @@ class Branch(NamedTuple):
 
 
 class BranchHead(NamedTuple):
-    """A branch's head as a reader found it: authenticated, absent, or refused (skip mode)."""
+    """A branch's head as a reader found it: authenticated, absent, or refused (skip mode);
+    and whether the session's other branches have heads (so this one must)."""
 
     head: Head | None
     refused: DecryptionError | None
+    expected: bool = False
 
 
 class Reader:
     """Opens one session's stored objects under its rules and checks them as a history."""
 
-    __slots__ = ("_heads", "opener", "rules")
+    __slots__ = ("_heads", "opener", "refresh_seeds", "rules")
 
     def __init__(self, rules: ReadRules, opener: Opener) -> None:
         self.rules = rules
         self.opener = opener
         self._heads: dict[str, tuple[str, Head]] = {}
+        self.refresh_seeds: Callable[[], Awaitable[SeedMap | None]] | None = None
+        """Asks the key store for the session's seeds again (set by EncryptedSession)."""
+
+    async def know_seeds(self, rows: Sequence[Any]) -> None:
+        """Before opening ``rows``: if one names a seed this reader does not know (made by
+        another writer since it last asked), ask the key store again, once."""
+        known = self.opener.seeds
+        if known is None or self.refresh_seeds is None:
+            return
+        for row in rows:
+            obj = row.item if isinstance(row, StoredItem) else row
+            seed_id = obj.get("seed") if isinstance(obj, dict) else None
+            if isinstance(seed_id, str) and seed_id not in known:
+                self.opener.seeds = await self.refresh_seeds()
+                return
 
     def refuse(
         self, exc: DecryptionError, position: int | None, item_id: int | None, action: str
@@ -91,14 +110,14 @@ class Reader:
             raise located from None
         logger.warning("%s an unreadable item: %s [%s]", action, located.reason, located.where)
 
-    def head(self, stored: str | None, branch: str) -> BranchHead:
+    def head(self, stored: str | None, branch: str, expected: bool = False) -> BranchHead:
         """The authenticated head of ``branch`` from its stored text (cached once verified).
 
         One that fails raises in raise mode; in skip mode the failure is kept, to be logged
         once by :meth:`check` as the reason nothing chained can be trusted.
         """
         if stored is None:
-            return BranchHead(None, None)
+            return BranchHead(None, None, expected)
         known = self._heads.get(branch)
         if known is not None and known[0] == stored:
             return BranchHead(known[1], None)
@@ -171,7 +190,9 @@ class Reader:
         sound. Raise mode raises at a break; skip mode logs it once and keeps the rows that
         link back unbroken from the head (without a head: the rows before the break)."""
         entries = [entry for entry, _ in opened_rows]
-        found = find_break(entries, head.head, complete=complete, headed=headed)
+        found = find_break(
+            entries, head.head, complete=complete, headed=headed, head_expected=head.expected
+        )
         if found is not None:
             error = head.refused or found.error(entries, name)
             self.refuse(error, error.position, error.item_id, "stopped reading at")
@@ -205,10 +226,11 @@ class Reader:
         self, branch: Branch, cache_size: int = 0
     ) -> tuple[list[tuple[Entry, Opened | None]], BranchHead, str | None]:
         """Every row of a whole branch opened (expired ones too), its head and its name."""
-        name, stored_head, rows = await branch.newest(None)
+        name, stored_head, rows, expected = await branch.newest(None)
         self._charge(len(rows))
+        await self.know_seeds(rows)
         opened_rows = self._open_rows(rows, len(rows), len(rows) - cache_size)
-        return opened_rows, self.head(stored_head, name or MAIN), name
+        return opened_rows, self.head(stored_head, name or MAIN, expected), name
 
     async def read_all(self, branch: Branch, now: float, cache_size: int) -> list[Item]:
         """Every readable, unexpired item of a whole branch, oldest first, checked as a chain."""
@@ -218,9 +240,10 @@ class Reader:
     async def read_tail(self, branch: Branch, limit: int, now: float) -> list[Item]:
         """The newest ``limit`` readable items: the newest rows and the head from one
         snapshot, walking back by storage id (or a wider window) past unreadable items."""
-        name, stored_head, rows = await branch.newest(limit)
+        name, stored_head, rows, expected = await branch.newest(limit)
         window = limit
         complete = len(rows) < window
+        await self.know_seeds(rows)
         opened_rows = self._open_rows(rows, len(rows), 0)
         while not complete and _usable(opened_rows, self.rules.ttl, now) < limit:
             self._charge(len(opened_rows))
@@ -230,15 +253,16 @@ class Reader:
                 complete = len(older) < window
             else:  # no storage ids: read a wider tail again
                 size = len(rows) * 2
-                _, _, wider = await branch.newest(size)
+                _, _, wider, _ = await branch.newest(size)
                 older, complete = wider[: len(wider) - len(rows)], len(wider) < size
             rows = older + rows
             total = len(rows)
+            await self.know_seeds(older)
             opened_rows = self._open_rows(older, total, total) + [
                 (entry, opened) for entry, opened in opened_rows
             ]
         self._charge(len(opened_rows))
-        head = self.head(stored_head, name or MAIN)
+        head = self.head(stored_head, name or MAIN, expected)
         items = self._settle(opened_rows, head, name, branch, complete, now)
         return items[-limit:] if len(items) > limit else items
 
@@ -260,16 +284,19 @@ def strict_reader(reader: Reader) -> Reader:
     return Reader(_Strict(reader.rules), reader.opener)
 
 
-async def verify_branch(reader: Reader, branch: Branch) -> tuple[int, str]:
+async def verify_branch(reader: Reader, branch: Branch) -> tuple[int, Head]:
     """Check a whole branch as a chain, raising at the first problem whatever ``on_invalid``
-    says; return how many items it holds and the anchor of where it ends."""
+    says; return how many items it holds and where it starts and ends (its head, or, for a
+    session without heads, what its items say)."""
     strict = strict_reader(reader)
     opened_rows, head, name = await strict.open_branch(branch)
     strict.check(opened_rows, head, name, complete=True, headed=branch.headed)
     if head.head is not None:
-        return len(opened_rows), head.head.anchor()
+        return len(opened_rows), head.head
     links = [entry.link for entry, _ in opened_rows if entry.link is not None]
-    return len(opened_rows), anchor(links[-1].seq, links[-1].digest) if links else anchor(0, "")
+    if not links:
+        return len(opened_rows), Head(name or MAIN, 0, "", 1)
+    return len(opened_rows), Head(name or MAIN, links[-1].seq, links[-1].digest, links[0].seq)
 
 
 def _usable(opened_rows: list[tuple[Entry, Opened | None]], ttl: float | None, now: float) -> int:

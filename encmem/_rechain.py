@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ._chain import GENESIS, Head
-from ._envelope import FORMAT_VERSION, Opener, is_envelope, looks_sealed, seal_link
+from ._envelope import CHAINED_VERSIONS, Opener, is_envelope, looks_sealed, seal_link
 from ._items import CorruptRow, Item, encode_item
 from ._protocol import Capabilities, HeadUpdate, StoredItem
-from ._writing import Chainer, Conflict
+from ._writing import Chainer, Conflict, Seed
 from .errors import DecryptionError, InvalidItemError, PlaintextItemError
 
 
@@ -36,7 +36,8 @@ class BranchRows(NamedTuple):
 
 def is_chained(obj: Item | CorruptRow) -> bool:
     """Whether a stored object claims to be a v3 link (its token proves it when opened)."""
-    return isinstance(obj, dict) and is_envelope(obj) and obj.get("v") == FORMAT_VERSION
+    version = obj.get("v") if isinstance(obj, dict) else None
+    return is_envelope(obj) and type(version) is int and version in CHAINED_VERSIONS
 
 
 def needs_chain(branches: list[BranchRows]) -> bool:
@@ -64,7 +65,9 @@ class Plan(NamedTuple):
     heads: dict[str, Head]
 
 
-def plan_chain(chainer: Chainer, branches: list[BranchRows], items: dict[int, Sealable]) -> Plan:
+def plan_chain(
+    chainer: Chainer, branches: list[BranchRows], items: dict[int, Sealable], seed: Seed = None
+) -> Plan:
     """New v3 envelopes for every row and the head of every branch.
 
     Rows missing from ``items`` (unreadable, in skip mode) keep their place unchanged and
@@ -82,7 +85,7 @@ def plan_chain(chainer: Chainer, branches: list[BranchRows], items: dict[int, Se
             known = links.get(stored.id)
             if known is None:
                 source = items[stored.id]
-                envelope, digest = _seal_one(chainer, source, seq, prev)
+                envelope, digest = _seal_one(chainer, source, seq, prev, seed)
                 replacements[stored.id] = envelope
                 known = links[stored.id] = (seq, prev, digest)
             elif known[:2] != (seq, prev):
@@ -95,12 +98,16 @@ def plan_chain(chainer: Chainer, branches: list[BranchRows], items: dict[int, Se
     return Plan(replacements, heads)
 
 
-def _seal_one(chainer: Chainer, source: Sealable, seq: int, prev: str) -> tuple[Item, str]:
+def _seal_one(
+    chainer: Chainer, source: Sealable, seq: int, prev: str, seed: Seed
+) -> tuple[Item, str]:
     keyring = chainer.rules.keyring
     kid = keyring.primary_kid
-    key = keyring.session_key(kid, chainer.rules.session_id)
+    seed_id, raw = seed if seed is not None else (None, None)
+    key = keyring.session_key(kid, chainer.rules.session_id, raw)
     assert key is not None
-    return seal_link(key, kid, source.item, encode_item(source.item), source.sealed_at, seq, prev)
+    text = encode_item(source.item)
+    return seal_link(key, kid, source.item, text, source.sealed_at, seq, prev, seed_id)
 
 
 def head_swap(chainer: Chainer, seen: str | None, head: Head) -> HeadUpdate:

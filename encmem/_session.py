@@ -14,12 +14,15 @@ from typing import Any
 
 from . import _maintenance as maintenance
 from . import _turns as turns
+from ._chain import anchor as _anchor
+from ._chain import anchor_kid
 from ._envelope import Opener
 from ._items import DEFAULT_MAX_ITEM_BYTES, Item
 from ._keys import KeyInput, Keyring, as_keyring
 from ._options import (
     HISTORY_METHODS,
     check_cache_size,
+    check_key_store,
     check_max_item_bytes,
     check_max_scan_items,
     check_on_invalid,
@@ -28,8 +31,9 @@ from ._options import (
     ttl_seconds,
 )
 from ._popping import pop_by_id, pop_generic, pop_headed
-from ._protocol import Capabilities, Session, TurnRow
+from ._protocol import Capabilities, KeyStore, SeedDestruction, Session, TurnRow
 from ._reading import Branch, Fetch, OnInvalid, Reader, strict_reader, verify_branch
+from ._seeds import Seeds
 from ._settings import SessionSettings, resolve_limit
 from ._sources import branch_source, fetcher
 from ._structure import verified_turns
@@ -78,6 +82,7 @@ class EncryptedSession:
         clock: Callable[[], float] = time.time,
         plaintext_cache: int = 1024,
         max_item_bytes: int | None = DEFAULT_MAX_ITEM_BYTES,
+        key_store: KeyStore | None = None,
     ) -> None:
         underlying = check_underlying(underlying_session)
         if encryption_key is None:
@@ -93,8 +98,9 @@ class EncryptedSession:
         self.clock = clock
         self._plaintext_cache = check_cache_size(plaintext_cache)
         self.max_item_bytes = check_max_item_bytes(max_item_bytes)
-        self.keyring = as_keyring(encryption_key)
+        self._key_store = check_key_store(key_store)
         self._caps = Capabilities.of(underlying)
+        self.keyring = as_keyring(encryption_key)
         self._forward_wrapper = all(
             _accepts(getattr(underlying, name), "wrapper") for name in HISTORY_METHODS
         )
@@ -118,6 +124,20 @@ class EncryptedSession:
         opener = Opener(keyring, self.session_id, self._plaintext_cache, self._now)
         self._reader = Reader(self, opener)
         self._chainer = Chainer(self)
+        store = self._key_store if self._key_store is not None else self._caps.key_store
+        seeds = self._seeds = Seeds(store, keyring, self.session_id)
+        self._reader.refresh_seeds = lambda: seeds.load(refresh=True)
+
+    @property
+    def key_store(self) -> KeyStore | None:
+        """Where this session's seed lives (None: items are sealed without one)."""
+        return self._seeds.store
+
+    async def _load_seeds(self) -> None:
+        """Hand the session's seeds to the opener and the chainer (asked once per object)."""
+        seeds = await self._seeds.load()
+        self._reader.opener.seeds = seeds
+        self._chainer.seeds = seeds
 
     def _forget_plaintexts(self) -> None:
         self._start_reader(self.keyring)
@@ -187,11 +207,13 @@ class EncryptedSession:
             return
         heads = self._caps.heads
         try:
+            seed = await self._seeds.for_writing()
+            await self._load_seeds()
             if heads is not None:
-                await heads.append_chained(self._chainer.build(items, texts))
+                await heads.append_chained(self._chainer.build(items, texts, seed))
             else:
-                kwargs = self._kwargs(wrapper)
-                await self._chainer.append_unheaded(self.underlying_session, items, texts, kwargs)
+                session, kwargs = self.underlying_session, self._kwargs(wrapper)
+                await self._chainer.append_unheaded(session, items, texts, seed, kwargs)
         except DecryptionError as exc:
             raise exc.located(self.session_id, exc.position, exc.item_id) from None
 
@@ -209,6 +231,7 @@ class EncryptedSession:
         if effective == 0:
             return []
         branch = self._branch(branch_id, wrapper)
+        await self._load_seeds()
         now = self.clock()
         if effective is None:
             return await self._reader.read_all(branch, now, self._plaintext_cache)
@@ -222,23 +245,33 @@ class EncryptedSession:
         """
         heads = self._caps.heads
         fetch = self._fetcher(None)
+        await self._load_seeds()
         if heads is not None and fetch is not None:
-            return await pop_headed(self._reader, heads, fetch, self._chainer)
+            return await pop_headed(self._reader, heads, self._chainer)
         addressing = self._caps.addressing
         if addressing is not None and fetch is not None:
             return await pop_by_id(self._reader, fetch, addressing.delete_stored_items)
         return await pop_generic(self._reader, self.underlying_session, self._kwargs(wrapper))
 
     async def clear_session(self, *, wrapper: Any = None) -> None:
-        """Delete every item of the session in the wrapped store."""
+        """Delete every item of the session: its seed first, where it has one (so no copy of
+        the items, in a backup or anywhere, can be decrypted any more), then the rows."""
+        await self._shred()
         await self.underlying_session.clear_session(**self._kwargs(wrapper))
         self._forget_plaintexts()
+
+    async def _shred(self) -> SeedDestruction | None:
+        """Destroy the session's seed in its key store (None: it has no key store)."""
+        store = self._seeds.store
+        self._seeds.forget()
+        return None if store is None else await store.destroy_seed(self.session_id)
 
     # -- content-aware queries of branching backends -----------------------------------------
 
     async def _turn_rows(self, branch_id: str | None) -> list[tuple[TurnRow, Item]]:
         source = self._caps.need(self._caps.user_turns, "UserTurnSource", "turn queries")
         branch = self._branch(branch_id)
+        await self._load_seeds()
         return await verified_turns(
             self._reader, branch, lambda: source.get_user_turn_items(branch_id)
         )
@@ -270,6 +303,7 @@ class EncryptedSession:
 
     async def _create_branch(self, turn: int, branch_name: str | None, operation: str) -> str:
         branching = self._caps.need(self._caps.branching, "Branching", operation)
+        await self._load_seeds()
         if self._caps.heads is None:
             return await branching.create_branch_from_turn(turn, branch_name)
         create = branching.create_branch_from_turn
@@ -292,8 +326,9 @@ class EncryptedSession:
     async def history_head(self, branch_id: str | None = None) -> str:
         """A short printable digest of the branch's history as it ends now: keep it outside
         the database, and :meth:`verify_history` tells whether the history still ends there."""
-        _, anchor = await verify_branch(self._reader, self._branch(branch_id))
-        return anchor
+        await self._load_seeds()
+        _, head = await verify_branch(self._reader, self._branch(branch_id))
+        return _anchor(self.keyring, self.session_id, head)
 
     async def verify_history(self, anchor: str | None = None, branch_id: str | None = None) -> int:
         """Check the whole branch as a chain, and its turn structure where it has one
@@ -301,7 +336,8 @@ class EncryptedSession:
         that the branch still ends there. Returns how many items it checked; raises
         HistoryTamperedError (or another DecryptionError)."""
         branch = self._branch(branch_id)
-        count, current = await verify_branch(self._reader, branch)
+        await self._load_seeds()
+        count, head = await verify_branch(self._reader, branch)
         source = self._caps.user_turns
         if source is not None:
 
@@ -309,7 +345,10 @@ class EncryptedSession:
                 return source.get_user_turn_items(branch_id)
 
             await verified_turns(strict_reader(self._reader), branch, rows)
-        if anchor is not None and current != anchor:
+        kid = None if anchor is None else anchor_kid(anchor)
+        if anchor is not None and (
+            kid is None or _anchor(self.keyring, self.session_id, head, kid) != anchor
+        ):
             raise HistoryTamperedError(
                 "the history no longer ends where the anchor says (rolled back, cut or "
                 "rewritten since the anchor was taken)",

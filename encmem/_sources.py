@@ -11,7 +11,7 @@ from ._protocol import Capabilities, Session, StoredItem
 from ._reading import Branch, Fetch
 
 Stored = Awaitable[list[StoredItem]]
-Newest = tuple[str | None, str | None, list[Any]]
+Newest = tuple[str | None, str | None, list[Any], bool]
 
 
 def fetcher(caps: Capabilities, branch_id: str | None) -> Fetch | None:
@@ -45,24 +45,24 @@ def branch_source(
 
         async def headed(limit: int | None) -> Newest:
             found = await heads.get_head_and_items(limit, branch_id=branch_id)
-            return found.branch, found.head, found.items
+            return found.branch, found.head, found.items, found.others
 
         return Branch(headed, fetch, True)
     if fetch is not None:
 
         async def addressed(limit: int | None) -> Newest:
-            return branch_id, None, await fetch(limit, None)
+            return branch_id, None, await fetch(limit, None), False
 
         return Branch(addressed, fetch, False)
     if branch_id is not None:
         branching = caps.need(caps.branching, "Branching", "branch_id=...")
 
         async def window(limit: int | None) -> Newest:
-            return branch_id, None, await branching.get_items(limit, branch_id=branch_id)
+            return branch_id, None, await branching.get_items(limit, branch_id=branch_id), False
 
         return Branch(window, None, False)
 
     async def tail(limit: int | None) -> Newest:
-        return None, None, await session.get_items(limit, **kwargs)
+        return None, None, await session.get_items(limit, **kwargs), False
 
     return Branch(tail, None, False)

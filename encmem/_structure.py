@@ -38,28 +38,38 @@ def _first_turn(checked: Sequence[tuple[Entry, Opened | None]]) -> int | None:
     return 1 if link is None or link.seq == 1 else None
 
 
+Users = list[tuple[int | None, Opened]]
+
+
 def _compare(
-    rows: Sequence[TurnRow], users: Sequence[tuple[int | None, Opened]], first: int | None
+    before: Sequence[TurnRow], users: Users, after: Sequence[TurnRow], first: int | None
 ) -> tuple[str, int | None] | None:
-    """Where the listed user turns disagree with the authenticated user items, if anywhere."""
-    for index, (row, (item_id, _)) in enumerate(zip(rows, users, strict=False)):
-        if row.message_id != item_id:
+    """Where the listed user turns disagree with the authenticated user items, if anywhere.
+
+    ``before`` and ``after`` are the turn rows read before and after the items. Writers only
+    append (a message with its structure rows, in one transaction), so for a sound store the
+    rows read before are a prefix of the user items, and those are a prefix of the rows read
+    after; a row that names another item, or a user item no row lists, was edited.
+    """
+    for index, row in enumerate(before):
+        if index >= len(users):
+            return f"turn {row.turn} is listed, but its sealed item is not a user message", None
+        if row.message_id != users[index][0]:
+            item_id = users[index][0]
             return f"turn {row.turn} does not list the branch's user message {index + 1}", item_id
-        expected = (rows[0].turn if first is None else first) + index
-        if row.turn != expected:
-            return f"user message {index + 1} is listed as turn {row.turn}", item_id
-    if len(rows) > len(users):
-        extra = rows[len(users)]
-        return f"turn {extra.turn} is listed, but its sealed item is not a user message", None
-    if len(rows) < len(users):
-        return f"user message {len(rows) + 1} is not listed as a turn", users[len(rows)][0]
+    for index, (item_id, _) in enumerate(users):
+        if index >= len(after) or after[index].message_id != item_id:
+            return f"user message {index + 1} is not listed as a turn", item_id
+        expected = (after[0].turn if first is None else first) + index
+        if after[index].turn != expected:
+            return f"user message {index + 1} is listed as turn {after[index].turn}", item_id
     return None
 
 
 async def _read(
     reader: Reader, branch: Branch, read_rows: ReadRows
-) -> tuple[Sequence[TurnRow], list[tuple[int | None, Opened]], int | None, str | None]:
-    rows = await read_rows()
+) -> tuple[Sequence[TurnRow], Users, Sequence[TurnRow], int | None, str | None]:
+    before = await read_rows()
     opened_rows, head, name = await reader.open_branch(branch)
     checked = reader.check(opened_rows, head, name, complete=True, headed=branch.headed)
     users = [
@@ -67,7 +77,8 @@ async def _read(
         for entry, opened in checked
         if opened is not None and opened.item.get("role") == "user"
     ]
-    return rows, users, _first_turn(checked), name
+    after = await read_rows()
+    return before, users, after, _first_turn(checked), name
 
 
 async def verified_turns(
@@ -76,14 +87,14 @@ async def verified_turns(
     """The branch's unexpired user turns, from its authenticated items, numbered as the
     structure rows number them when those agree (raise mode raises when they do not).
 
-    Rows and items are two reads; a writer in between can make them differ, so a mismatch
-    is believed only when a second pair of reads shows it again.
+    A pop between the reads can make them differ, so a mismatch is believed only when a
+    second round of reads shows it again.
     """
-    rows, users, first, name = await _read(reader, branch, read_rows)
-    mismatch = _compare(rows, users, first)
+    before, users, rows, first, name = await _read(reader, branch, read_rows)
+    mismatch = _compare(before, users, rows, first)
     if mismatch is not None:
-        rows, users, first, name = await _read(reader, branch, read_rows)
-        mismatch = _compare(rows, users, first)
+        before, users, rows, first, name = await _read(reader, branch, read_rows)
+        mismatch = _compare(before, users, rows, first)
     numbered = [
         (rows[i] if i < len(rows) else TurnRow(i + 1, None, opened.item, item_id or -1), opened)
         for i, (item_id, opened) in enumerate(users)

@@ -20,6 +20,7 @@ from ._items import CorruptRow, Item, encode_items
 from ._keys import Keyring
 from ._protocol import ChainBuild, ForkHead, HeadUpdate, Newest, Session
 from ._reading import OnInvalid
+from ._seeds import SeedMap
 from .errors import DecryptionError, HistoryTamperedError, PlaintextItemError
 
 logger = logging.getLogger("encmem")
@@ -38,6 +39,10 @@ def _append_lock(session_id: str) -> asyncio.Lock:
     if lock is None:
         lock = _APPEND_LOCKS[key] = asyncio.Lock()
     return lock
+
+
+Seed = tuple[str, bytes] | None
+"""(seed id, seed) new items are sealed with; None: the session has no key store."""
 
 
 class Conflict(Exception):
@@ -67,12 +72,14 @@ def _head_missing(branch: str) -> HistoryTamperedError:
 class Chainer:
     """Seals one session's items as links of its chain and computes its heads."""
 
-    __slots__ = ("_known", "rules")
+    __slots__ = ("_known", "rules", "seeds")
 
     def __init__(self, rules: SealRules) -> None:
         self.rules = rules
         self._known: tuple[str, Head] | None = None
         """The head this chainer sealed last: met again, it needs no decryption."""
+        self.seeds: SeedMap | None = None
+        """The session's seeds, as loaded from its key store (to open its newest item)."""
 
     @property
     def _keyring(self) -> Keyring:
@@ -100,7 +107,9 @@ class Chainer:
         return seal_head(self._keyring, self.rules.session_id, head)
 
     def _opener(self) -> Opener:
-        return Opener(self._keyring, self.rules.session_id, clock=self.rules.clock)
+        opener = Opener(self._keyring, self.rules.session_id, clock=self.rules.clock)
+        opener.seeds = self.seeds
+        return opener
 
     def link_of(self, obj: Item | CorruptRow | None) -> Link | None:
         """The chain link of a stored object (None: empty, or sealed before chains).
@@ -120,18 +129,20 @@ class Chainer:
             raise exc.located(self.rules.session_id, 1) from None
 
     def seal_chain(
-        self, items: Sequence[Item], texts: Sequence[str], seq: int, prev: str
+        self, items: Sequence[Item], texts: Sequence[str], seq: int, prev: str, seed: Seed
     ) -> tuple[list[Item], int, str]:
-        """Envelopes for ``items`` as links ``seq``, ``seq+1``... after ``prev``; and the
-        last sequence number and digest."""
+        """Envelopes for ``items`` as links ``seq``, ``seq+1``... after ``prev`` (under the
+        session's seeded key when it has a ``seed``); and the last sequence number and
+        digest."""
         keyring = self._keyring
         kid = keyring.primary_kid
-        key = keyring.session_key(kid, self.rules.session_id)
+        seed_id, raw = seed if seed is not None else (None, None)
+        key = keyring.session_key(kid, self.rules.session_id, raw)
         assert key is not None
         now = int(self.rules.clock())
         envelopes: list[Item] = []
         for item, text in zip(items, texts, strict=True):
-            envelope, prev = seal_link(key, kid, item, text, now, seq, prev)
+            envelope, prev = seal_link(key, kid, item, text, now, seq, prev, seed_id)
             envelopes.append(envelope)
             seq += 1
         return envelopes, seq - 1, prev
@@ -139,42 +150,46 @@ class Chainer:
     def encode(self, items: list[Any]) -> list[str]:
         return encode_items(items, self.rules.max_item_bytes)
 
-    def build(self, items: list[Item], texts: list[str]) -> ChainBuild:
+    def build(self, items: list[Item], texts: list[str], seed: Seed) -> ChainBuild:
         """The append callback for a store that keeps heads."""
 
         def build(branch: str, stored: str | None, newest: Newest) -> tuple[list[Item], str]:
             head = self._readable_head(stored, branch)
-            if stored is None and self.link_of(newest()) is not None:
-                raise _head_missing(branch)
+            legacy = head.legacy if head is not None else stored is not None
+            if stored is None:
+                found = newest()
+                if self.link_of(found) is not None:
+                    raise _head_missing(branch)
+                legacy = found is not None  # the chain starts after items sealed before chains
             floor = 1 if head is None else head.floor
             seq, prev = first_link(head)
-            envelopes, last, link = self.seal_chain(items, texts, seq, prev)
-            return envelopes, self.seal_head(Head(branch, last, link, floor))
+            envelopes, last, link = self.seal_chain(items, texts, seq, prev, seed)
+            return envelopes, self.seal_head(Head(branch, last, link, floor, legacy))
 
         return build
 
     async def append_unheaded(
-        self, session: Session, items: list[Item], texts: list[str], kwargs: dict[str, Any]
+        self,
+        session: Session,
+        items: list[Item],
+        texts: list[str],
+        seed: Seed,
+        kwargs: dict[str, Any],
     ) -> None:
         """Chain after the session's newest item (no head to keep: one writer at a time)."""
         async with _append_lock(self.rules.session_id):
             newest = await session.get_items(1, **kwargs)
             link = self.link_of(newest[-1] if newest else None)
             seq, prev = (1, GENESIS) if link is None else (link.seq + 1, link.digest)
-            envelopes, _, _ = self.seal_chain(items, texts, seq, prev)
+            envelopes, _, _ = self.seal_chain(items, texts, seq, prev, seed)
             await session.add_items(envelopes, **kwargs)
 
-    def after_pop(
-        self, branch: str, seen: str | None, popped: Opened, *, keep_head: bool = False
-    ) -> HeadUpdate:
-        """The head update for popping ``popped``, the newest item when the head was ``seen``
-        (``keep_head``: an older item, under an unreadable newest one that stays)."""
+    def after_pop(self, branch: str, seen: str | None, popped: Opened) -> HeadUpdate:
+        """The head update for popping ``popped``, the newest item when the head was ``seen``."""
 
         def update(stored: str | None) -> str | None:
             if stored != seen:
                 raise Conflict
-            if keep_head:
-                return stored
             head = self.open_head(stored, branch)
             link = popped.link
             if head is None:
@@ -227,10 +242,12 @@ class Chainer:
             source: str, branch: str, source_head: str | None, first_left_out: Item | CorruptRow
         ) -> str | None:
             link = self.link_of(first_left_out)
-            if link is None:
-                return None  # the new branch holds items sealed before chains only
             head = self.open_head(source_head, source)
-            floor = 1 if head is None else head.floor
-            return self.seal_head(Head(branch, link.seq - 1, link.prev, floor))
+            if link is None:  # the new branch holds items sealed before chains only
+                if head is None:
+                    return None
+                return self.seal_head(Head(branch, head.floor - 1, GENESIS, head.floor, True))
+            floor, legacy = (1, False) if head is None else (head.floor, head.legacy)
+            return self.seal_head(Head(branch, link.seq - 1, link.prev, floor, legacy))
 
         return fork

@@ -7,7 +7,8 @@
     ├── DecryptionError                       a stored item cannot be read
     │   ├── UnknownKeyIdError                 sealed under a key id the keyring lacks
     │   ├── TamperedItemError                 failed authentication
-    │   │   └── HistoryTamperedError          items reordered, replayed, cut or moved
+    │   │   ├── HistoryTamperedError          items reordered, replayed, cut or moved
+    │   │   └── SessionErasedError            sealed under a seed no longer kept
     │   ├── PlaintextItemError                plaintext where ciphertext belongs
     │   ├── CorruptRowError                   the stored row holds no JSON object
     │   └── UnrestoredItemsError              pop_item could not put items back
@@ -190,6 +191,17 @@ class HistoryTamperedError(TamperedItemError):
         if where and self.branch_id is not None:
             where += f", branch {self.branch_id!r}"
         return where
+
+
+class SessionErasedError(TamperedItemError):
+    """An item was sealed under a seed its session's key store does not hold: the session
+    was erased (crypto-shredded) and this is a leftover or restored copy that nothing can
+    decrypt, or the item was moved in from another session."""
+
+    remedy = (
+        "nothing can decrypt it any more; delete the copy (if the session was not erased, "
+        "restore the key store from a backup)"
+    )
 
 
 class PlaintextItemError(DecryptionError):

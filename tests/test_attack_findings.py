@@ -73,7 +73,7 @@ def _read(path: Path, **options: Any) -> list[Any]:
 
 @pytest.mark.parametrize(
     "damage",
-    [('"__enc__":1', '"__enc__":true'), ('"__enc__":1', '"__enc__":1.0'), ('"v":3,', "")],
+    [('"__enc__":1', '"__enc__":true'), ('"__enc__":1', '"__enc__":1.0'), ('"v":4,', "")],
 )
 def test_encrypt_never_seals_a_damaged_envelope_as_plaintext(
     tmp_path: Path, damage: tuple[str, str]
@@ -255,7 +255,7 @@ def test_a_stored_key_id_that_is_not_one_is_never_echoed(tmp_path: Path, kid: st
     with pytest.raises(UnknownKeyIdError) as caught:
         _read(path)
     assert kid not in str(caught.value) and caught.value.kid is None
-    _edit_payload(path, lambda e: e.update(kid="2026-11", v=10**500 if len(kid) > 100 else 4))
+    _edit_payload(path, lambda e: e.update(kid="2026-11", v=10**500 if len(kid) > 100 else 5))
     with pytest.raises(TamperedItemError) as version_error:
         _read(path)
     assert len(str(version_error.value)) < 600

@@ -215,7 +215,7 @@ def test_erase_asks_unless_yes(db: Path) -> None:
     assert refused.returncode == 1 and "nothing was erased" in refused.stderr
     assert dump(db) == before
     done = run("erase", str(db), "--session", "user-1", "--yes")
-    assert done.returncode == 0 and "8 rows" in done.stdout  # 6 items + the session row
+    assert done.returncode == 0 and "9 rows" in done.stdout  # 6 items, session, head, seed
     assert {row[1] for row in dump(db)} == {"user-0", "user-2"}
     with sqlite3.connect(db) as conn:
         assert conn.execute(

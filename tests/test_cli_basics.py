@@ -29,7 +29,7 @@ def test_demo_runs_offline_and_shows_ciphertext_history_and_expiry(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert str(tmp_path / "encmem-demo.db") in out
-    assert '{"__enc__":1,"v":3,' in out and '"payload":"gAAAAA' in out
+    assert '{"__enc__":1,"v":4,' in out and '"payload":"gAAAAA' in out
     assert "get_weather" in out and "It's sunny in Paris today" in out
     assert "4 items dropped, 2 left" in out
     assert "purge_expired() deleted the 4 expired rows from the file; 2 rows left" in out

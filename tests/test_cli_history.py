@@ -254,7 +254,7 @@ def test_every_branch_is_a_history_of_its_own(tmp_path: Path) -> None:
     assert heads.returncode == 0
     assert [line.split("=")[0] for line in heads.stdout.splitlines()] == ["b0@main", "b0@feat"]
     feat = anchor_of(path, "b0", "feat")
-    assert feat in heads.stdout and feat.startswith("b0@feat=2.")
+    assert feat in heads.stdout and feat.startswith("b0@feat=k1:1-2.")
     assert verify(path, "--head", feat)[0] == 0
     sql(path, "DELETE FROM agent_messages_heads WHERE branch_id = 'feat'")
     code, report, text = verify(path, "--head", feat)
@@ -286,8 +286,8 @@ def test_head_prints_anchors_that_verify_takes(tmp_path: Path) -> None:
     assert every.returncode == 0
     lines = every.stdout.splitlines()
     assert [line.split("=")[0] for line in lines] == ["s0", "s1"]
-    assert lines[0] == anchor_of(path) and lines[0].startswith("s0=5.")
-    assert lines[1].startswith("s1=3.")
+    assert lines[0] == anchor_of(path) and lines[0].startswith("s0=k1:1-5.")
+    assert lines[1].startswith("s1=k1:1-3.")
     as_json = json.loads(run("head", str(path), "--session", "s1", "--json").stdout)
     assert as_json == {"heads": [{"session_id": "s1", "branch_id": None, "anchor": lines[1][3:]}]}
     code, report, text = verify(path, "--head", lines[0], "--head", lines[1])
@@ -305,7 +305,7 @@ def test_a_rolled_back_store_is_caught_only_by_its_anchor(tmp_path: Path) -> Non
 
     asyncio.run(more())
     anchor = anchor_of(path)
-    assert anchor.startswith("s0=6.")
+    assert anchor.startswith("s0=k1:1-6.")
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     path.write_bytes(backup)  # rows and heads together: consistent, and older
@@ -315,21 +315,30 @@ def test_a_rolled_back_store_is_caught_only_by_its_anchor(tmp_path: Path) -> Non
     (finding,) = report["problems"]
     assert finding["problem"] == "history: head mismatch (does not end at the anchor)"
     assert finding["kind"] == "head mismatch" and finding["session_id"] == "s0"
-    assert finding["anchor"] == anchor[3:] and finding["found"].startswith("5.")
+    assert finding["anchor"] == anchor[3:] and finding["found"].startswith("k1:1-5.")
     assert text.startswith("s0: history: head mismatch (does not end at the anchor): ")
     assert finding["found"] in text and anchor[3:] in text
 
 
 def test_an_anchor_of_a_session_the_store_lacks_is_a_finding(tmp_path: Path) -> None:
     path = build(tmp_path / "store.db")
-    code, report, _ = verify(path, "--head", "gone=4." + "0" * 32, "--head", "never=0.-")
+    code, report, _ = verify(path, "--head", "gone=k1:1-4." + "0" * 32)
     assert code == 1 and kinds(report) == [("gone", None, "head mismatch")]
     assert "no such session" in report["problems"][0]["reason"]
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["s0", "s0=", "=5." + "0" * 32, "s0=5", "s0=5.abc", "s0=x." + "0" * 32, "s0=5." + "0" * 33],
+    [
+        "s0",
+        "s0=",
+        "=k1:1-5." + "0" * 32,
+        "s0=k1:1-5",
+        "s0=k1:1-5.abc",
+        "s0=k1:x-5." + "0" * 32,
+        "s0=k1:1-5." + "0" * 33,
+        "s0=5." + "0" * 32,
+    ],
 )
 def test_a_malformed_head_is_a_usage_error(bad: str, tmp_path: Path) -> None:
     path = build(tmp_path / "store.db")
@@ -340,9 +349,9 @@ def test_a_malformed_head_is_a_usage_error(bad: str, tmp_path: Path) -> None:
 def test_head_usage_and_missing_sessions(tmp_path: Path) -> None:
     path = build(tmp_path / "store.db")
     good = anchor_of(path)
-    twice = run("verify", str(path), "--head", good, "--head", "s0=0.-")
+    twice = run("verify", str(path), "--head", good, "--head", "s0=k1:1-0." + "0" * 32)
     assert twice.returncode == 2 and "twice" in twice.stderr
-    no_branches = run("verify", str(path), "--head", "s0@feat=0.-")
+    no_branches = run("verify", str(path), "--head", "s0@feat=k1:1-0." + "0" * 32)
     assert no_branches.returncode == 2 and "no branches" in no_branches.stderr
     assert run("head", str(path), "--branch", "main").returncode == 2
     assert run("head", str(path), "--session", "s0", "--branch", "main").returncode == 2
@@ -432,7 +441,8 @@ def test_sessions_sealed_before_chains_are_reported_then_chained_by_rotate(
 
     done = run("rotate", str(path))
     assert done.returncode == 0 and "chained 3 sessions" in done.stdout
-    assert {json.loads(data)["v"] for _, data in rows(path, "old0")} == {3}
+    # chained, under the seeded key
+    assert {json.loads(data)["v"] for _, data in rows(path, "old0")} == {4}
     code, report, text = verify(path)
     assert code == 0 and report["histories"] == 3, report
     assert text == "OK (7 items checked)\n"

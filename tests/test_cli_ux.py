@@ -408,12 +408,20 @@ def test_the_documented_key_derivation_opens_a_stored_item(tmp_path: Path) -> No
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
     assert "`len(kid)` as 2 bytes, big-endian" in page
+    assert "encmem.shreddable-session-key.v1" in page and "encmem.seed-key.v1" in page
     store = sealed_store(tmp_path / "good.db", {"s0": 1})
     (_, session_id, data), *_ = rows(store)
-    kid = b"k1"
-    info = b"encmem.session-key.v2" + len(kid).to_bytes(2, "big") + kid + session_id.encode()
-    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
-        base64.urlsafe_b64decode(KEY)
-    )
-    plaintext = Fernet(base64.urlsafe_b64encode(derived)).decrypt(json.loads(data)["payload"])
+    kid, master = b"k1", base64.urlsafe_b64decode(KEY)
+    bound = len(kid).to_bytes(2, "big") + kid + session_id.encode()
+
+    def hkdf(salt: bytes | None, info: bytes) -> Fernet:
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(master)
+        return Fernet(base64.urlsafe_b64encode(derived))
+
+    with sqlite3.connect(store) as conn:
+        seed_id, sealed = conn.execute("SELECT seed_id, sealed FROM encmem_seeds").fetchone()
+    opened = hkdf(None, b"encmem.seed-key.v1" + bound).decrypt(sealed)
+    assert opened[:16] == seed_id.encode() and json.loads(data)["seed"] == seed_id
+    session_key = hkdf(opened[16:], b"encmem.shreddable-session-key.v1" + bound)
+    plaintext = session_key.decrypt(json.loads(data)["payload"])
     assert b"s0 0" in plaintext

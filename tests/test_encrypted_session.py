@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from encmem.backends import SQLiteSession
+from encmem.backends import SQLiteKeyStore, SQLiteSession
 
 from encmem import (
     DecryptionError,
@@ -100,12 +100,12 @@ async def test_stored_rows_hold_no_plaintext_content(db: Path) -> None:
         assert part.encode("unicode_escape") not in raw_file
     stored = [item for _, item in rows(db)]
     assert [set(item) for item in stored] == [
-        {"__enc__", "v", "kid", "payload", "role"},
-        {"__enc__", "v", "kid", "payload", "type", "name"},
-        {"__enc__", "v", "kid", "payload", "type"},
+        {"__enc__", "v", "kid", "seed", "payload", "role"},
+        {"__enc__", "v", "kid", "seed", "payload", "type", "name"},
+        {"__enc__", "v", "kid", "seed", "payload", "type"},
     ]
     assert stored[1]["name"] == "lookup" and stored[0]["role"] == "user"
-    assert all(item["v"] == 3 and item["kid"] == "k" + item["kid"][1:] for item in stored)
+    assert all(item["v"] == 4 and item["kid"] == "k" + item["kid"][1:] for item in stored)
     assert await session.get_items() == [
         {"role": "user", "content": CANARY},
         {
@@ -262,8 +262,10 @@ async def test_wrong_key_under_the_same_kid_raises_and_deletes_nothing(db: Path)
 async def test_skip_mode_reads_past_unreadable_items_and_keeps_them(
     db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lost = encrypted(db, key=generate_key())
+    # A key since lost, and its seed kept in a key store of its own.
+    lost = encrypted(db, key=generate_key(), key_store=SQLiteKeyStore(db.with_name("lost.db")))
     await lost.add_items([{"role": "user", "content": "under a key since lost"}])
+    await lost.key_store.aclose()  # type: ignore[union-attr]
     # Skipping what it cannot read, this writer starts a new chain after it.
     session = encrypted(db, on_invalid="skip")
     await session.add_items([{"role": "user", "content": "readable"}])
@@ -290,7 +292,7 @@ async def test_raise_mode_refuses_to_extend_a_history_it_cannot_authenticate(db:
     other = encrypted(db, key=generate_key())
     await other.add_items([{"role": "user", "content": "under another key"}])
     session = encrypted(db)
-    with pytest.raises(UnknownKeyIdError, match="history head"):
+    with pytest.raises(UnknownKeyIdError, match=r"seed|history head"):
         await session.add_items([{"role": "user", "content": "refused"}])
     assert len(rows(db)) == 1
 

@@ -223,7 +223,7 @@ async def test_encrypt_existing_turns_plaintext_and_v1_into_one_chain(tmp_path: 
     # The item sealed by encmem started a chain of one; the whole session is one chain now.
     assert counts == {"examined": 5, "changed": 5, "unchanged": 0, "unreadable": 0}
     envelopes = await raw_envelopes(underlying)
-    assert [env["v"] for env in envelopes] == [3] * 5
+    assert [env["v"] for env in envelopes] == [4] * 5  # chained, under a seeded key
     assert await ours.get_items() == [msg(i) for i in range(5)]
     assert await ours.verify_history() == 5
     assert (await ours.encrypt_existing())["changed"] == 0
@@ -287,7 +287,8 @@ async def test_erase_session_removes_every_row_on_every_table(tmp_path: Path) ->
     try:
         assert await store.session_ids() == ["gone", "stays"]
         removed = await store.erase_session("gone")
-        assert removed == len(CANARIES) + 2  # the items, the session row, the history head
+        # the items, the session row, the history head and the seed
+        assert removed == len(CANARIES) + 3
         assert await store.session_ids() == ["stays"]
     finally:
         await store.aclose()

@@ -1,7 +1,7 @@
 """Independent review of the tamper-evident history against README.md, SECURITY.md and docs/.
 
 The attacker reads and writes the SQLite file with plain ``sqlite3`` but holds no key. Tests
-marked ``xfail(strict=True)`` assert the documented (correct) behaviour and show a defect;
+that were defects when found assert the documented (correct) behaviour;
 the others are attacks and legitimate sequences that held, kept as regression guards.
 Checked against commit 8d3b505 (the working tree was being changed by others meanwhile).
 """
@@ -78,16 +78,9 @@ class Clock:
         return self.t
 
 
-# ---------------------------------------------------------------- findings (xfail, strict)
+# ---------------------------------------------------------------- findings, fixed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SECURITY.md: 'pop_item() deletes an item only if it is the one the head records'. "
-    "With on_invalid='skip', one edited byte in the newest row makes pop_item() step over it "
-    "and DELETE the second-newest authentic item (not the head's); the head stays, so the "
-    "session is left with a permanent 'missing' hole even after the edited row is restored.",
-)
 async def test_skip_mode_pop_never_deletes_an_item_the_head_does_not_record(tmp_path: Path) -> None:
     db = tmp_path / "pop.db"
     async with plain(db, ttl=None) as s:
@@ -105,14 +98,6 @@ async def test_skip_mode_pop_never_deletes_an_item_the_head_does_not_record(tmp_
         assert await s.get_items() == turns(3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SECURITY.md: resurrected items are detected on every read and nothing the attacker "
-    "placed is returned. After encrypt_existing() has chained a session migrated from the SDK, "
-    "an SDK v1 row copied from a pre-migration backup and stored before the chain is returned "
-    "by get_items(), get_items(limit) and passes verify_history() (a duplicate of item 2 at the "
-    "front); `encmem verify` only says 'run encmem rotate', which would chain it in for good.",
-)
 async def test_v1_row_from_a_backup_is_not_accepted_before_a_chained_history(
     tmp_path: Path,
 ) -> None:
@@ -144,14 +129,6 @@ async def test_v1_row_from_a_backup_is_not_accepted_before_a_chained_history(
             assert result in (legit, len(legit)), result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SECURITY.md table: 'cut the newest items: detected (head)', 'delete or edit the head: "
-    "detected'. Deleting a non-main branch's message_structure rows, its own item rows and its "
-    "head makes the branch (still listed, never empty: it was created from turn 3 and every "
-    "branch gets a head at creation) read as [] with no error; verify_history() and "
-    "`encmem verify` report it clean.",
-)
 async def test_a_branch_emptied_with_its_head_is_detected(tmp_path: Path) -> None:
     db = tmp_path / "branch.db"
     async with adv(db, ttl=None) as s:
@@ -173,13 +150,6 @@ async def test_a_branch_emptied_with_its_head_is_detected(tmp_path: Path) -> Non
             await s.get_items()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SECURITY.md 'Anchors': verify_history(anchor=...) / `encmem verify --head` fail for "
-    "'a store rolled back to an older copy'. The anchor holds only the newest seq and digest, "
-    "not the floor: restoring the copy from before purge_expired() passes the anchor taken "
-    "after the purge (exit 0), and the purged content reads and exports again.",
-)
 async def test_anchor_taken_after_a_purge_catches_a_rollback_to_before_it(tmp_path: Path) -> None:
     db, before = tmp_path / "purge.db", tmp_path / "before-purge.db"
     clock = Clock(time.time() - 500)
@@ -199,14 +169,6 @@ async def test_anchor_taken_after_a_purge_catches_a_rollback_to_before_it(tmp_pa
             await s.verify_history(anchor=anchor)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="An anchor is meant to be kept outside the database ('a log you trust') and is "
-    "printed by `encmem head`, but it is an unkeyed SHA-256 of the sealed plaintext "
-    "{'seq','prev','item'}: whoever sees an anchor can confirm a guessed message (here a "
-    "one-item history 'yes') offline. SECURITY.md lists no such exposure; a keyed digest "
-    "(HMAC under the session key) would avoid it.",
-)
 async def test_anchor_does_not_let_anyone_confirm_guessed_content(tmp_path: Path) -> None:
     item = {"role": "user", "content": "yes"}
     async with plain(tmp_path / "a.db", ttl=None) as s:
@@ -217,15 +179,9 @@ async def test_anchor_does_not_let_anyone_confirm_guessed_content(tmp_path: Path
     assert anchor != guess
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SECURITY.md table: 'put back an item that pop_item() removed: detected (head)'. The "
-    "attacker can read the store, so it keeps the head from before the pop and writes back the "
-    "popped row together with that head: the popped item is returned with no error. Only "
-    "'roll the whole store back' is listed as undetectable; a rollback of one session (rows and "
-    "its head) is the same thing and should be documented so, or be detected.",
-)
-async def test_popped_item_put_back_with_its_old_head_is_detected(tmp_path: Path) -> None:
+async def test_popped_item_put_back_with_its_old_head_needs_an_anchor(tmp_path: Path) -> None:
+    """A session rolled back as a whole (its rows and its head): SECURITY.md says only an
+    anchor kept outside the store catches it."""
     db = tmp_path / "popback.db"
     async with plain(db, ttl=None) as s:
         await s.add_items(turns(3))
@@ -233,13 +189,15 @@ async def test_popped_item_put_back_with_its_old_head_is_detected(tmp_path: Path
     head = sql(db, "SELECT * FROM agent_messages_heads")
     async with plain(db, ttl=None) as s:
         assert await s.pop_item() == turns(3)[2]
+        anchor = await s.history_head()
     sql(db, "INSERT INTO agent_messages VALUES (?, ?, ?, ?)", *row)
     sql(db, "DELETE FROM agent_messages_heads")
     for h in head:
         sql(db, "INSERT INTO agent_messages_heads VALUES (?, ?, ?)", *h)
     async with plain(db, ttl=None) as s:
+        assert await s.get_items() == turns(3)  # undetectable from inside the store
         with pytest.raises(HistoryTamperedError):
-            await s.get_items()
+            await s.verify_history(anchor=anchor)
 
 
 # ---------------------------------------------------------------- attacks that held

@@ -67,7 +67,7 @@ async def test_sdk_v1_envelopes_read_back_through_encmem(tmp_path: Path) -> None
             "SELECT message_data FROM agent_messages ORDER BY id"
         )
     ]
-    assert [item["v"] for item in stored] == [1, 1, 1, 1, 3]
+    assert [item["v"] for item in stored] == [1, 1, 1, 1, 4]
     assert await ours.pop_item() == {"role": "user", "content": "new"}
     assert await ours.pop_item() == ITEMS[3]
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._envelope import (
-    FORMAT_VERSION,
     SDK_FORMAT_VERSION,
     is_envelope,
     looks_sealed,
@@ -22,9 +21,11 @@ from .._items import CorruptRow
 from .._keys import Keyring
 from .._protocol import SessionStore
 from .._reading import is_expired
+from .._seeds import SeedMap
 from ..errors import DecryptionError, TamperedItemError
 from ._diagnosis import EXIT_FINDINGS, EXIT_KEYS, Diagnosis, plural
 from ._history_audit import HeadArg, history_findings, is_unchained, not_chained
+from ._seedbook import SeedBook
 from ._walk import all_items, branches, distinct_items, iso, kid_label, once_each
 
 EXIT_OK = 0
@@ -40,6 +41,7 @@ def _count_item(
     now: float,
     tally: Counter[str],
     kids: Counter[str],
+    seeds: SeedMap | None = None,
 ) -> int | None:
     """Count one stored object into ``tally`` and ``kids``; its seal time when known."""
     tally["items"] += 1
@@ -63,7 +65,7 @@ def _count_item(
             tally["unreadable"] += 1
             return None
     try:
-        opened = open_envelope(obj, keyring, session_id)
+        opened = open_envelope(obj, keyring, session_id, seeds=seeds)
     except DecryptionError:
         tally["unreadable"] += 1
         return None
@@ -78,11 +80,12 @@ async def _inspect_session(
     now = time.time()
     session = store.session(session_id)
     found = await branches(session)
+    seeds = await SeedBook(keyring).load(store, session_id)
     kids: Counter[str] = Counter()
     tally = Counter(dict.fromkeys(_COUNTS, 0))
     times: list[int] = []
     for _, _, obj in once_each(await all_items(session, found)):
-        sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids)
+        sealed_at = _count_item(obj, keyring, session_id, ttl, now, tally, kids, seeds)
         if sealed_at is not None:
             times.append(sealed_at)
     return {
@@ -132,13 +135,13 @@ async def _item_pass(
     problems = diagnosis.findings
     checked = 0
     unchained: Counter[str] = Counter()
-    async for session_id, stored in distinct_items(store):
+    async for session_id, stored in distinct_items(store, diagnosis.book):
         checked += 1
         opened = diagnosis.open(session_id, stored)
         if opened is None:
             continue
         place = {"session_id": session_id, "branch_id": stored[0], "storage_id": stored[1]}
-        if opened.version != FORMAT_VERSION:
+        if opened.link is None:
             unchained[session_id] += 1
         if opened.version == SDK_FORMAT_VERSION:
             problems.append({**place, "problem": "sdk-v1-format (run encmem encrypt)"})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import _stores as maintenance
-from .._envelope import FORMAT_VERSION, is_envelope, looks_sealed
+from .._envelope import CHAINED_VERSIONS, is_envelope, looks_sealed
 from .._items import CorruptRow, Item
 from .._keys import Keyring
 from .._protocol import SessionStore
@@ -33,6 +33,7 @@ from ._export import EXIT_USAGE, export_session
 from ._history_audit import chain_counts
 from ._progress import ProgressBar
 from ._report import safe
+from ._seedbook import SeedBook
 from ._walk import distinct_items, iso
 
 EXIT_UNEXPECTED = 5
@@ -91,7 +92,7 @@ def _opened_by(kind: str, obj: Item | CorruptRow, primary: str) -> bool:
     if isinstance(obj, CorruptRow):
         return True
     version = obj.get("v")
-    current = is_envelope(obj) and type(version) is int and version == FORMAT_VERSION
+    current = is_envelope(obj) and type(version) is int and version in CHAINED_VERSIONS
     if kind == "rotate":
         return not (current and obj.get("kid") == primary)
     if kind == "encrypt":
@@ -103,7 +104,7 @@ async def _refusal(kind: str, store: SessionStore, keyring: Keyring) -> CommandE
     """Why the items a maintenance pass cannot open do not open, as one refusal."""
     diagnosis = Diagnosis(keyring)
     items = 0
-    async for session_id, stored in distinct_items(store):
+    async for session_id, stored in distinct_items(store, diagnosis.book):
         items += 1
         obj = stored[2]
         if _opened_by(kind, obj, keyring.primary_kid):
@@ -125,13 +126,14 @@ async def check_primary_key(store: SessionStore, keyring: Keyring) -> None:
     token authenticates, so a right key costs one item."""
     primary = keyring.primary_kid
     failed, sessions = 0, []
-    async for session_id, (_, _, obj) in distinct_items(store):
+    book = SeedBook(keyring)
+    async for session_id, (_, _, obj) in distinct_items(store, book):
         if isinstance(obj, CorruptRow) or not is_envelope(obj) or obj.get("kid") != primary:
             continue
         version = obj.get("v")
-        if type(version) is not int or version != FORMAT_VERSION:
+        if type(version) is not int or version not in CHAINED_VERSIONS:
             continue
-        if token_authenticates(keyring, obj, session_id):
+        if token_authenticates(keyring, obj, session_id, book.get(session_id)):
             return
         failed += 1
         if session_id not in sessions:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._envelope import (
-    FORMAT_VERSION,
+    CHAINED_VERSIONS,
     SDK_FORMAT_VERSION,
     Opened,
     is_envelope,
@@ -22,7 +22,9 @@ from .._envelope import (
 from .._items import CorruptRow, Item, encode_item
 from .._keys import SDK_KID, Keyring
 from .._protocol import SessionStore
+from .._seeds import SeedMap
 from ..errors import DecryptionError, InvalidItemError, UnknownKeyIdError
+from ._seedbook import SeedBook
 from ._walk import Stored, distinct_items, kid_label
 
 EXIT_FINDINGS = 1
@@ -73,6 +75,7 @@ class Diagnosis:
 
     def __init__(self, keyring: Keyring, findings: list[dict[str, Any]] | None = None) -> None:
         self.keyring = keyring
+        self.book = SeedBook(keyring)
         self.findings = findings if findings is not None else []
         self.kids: dict[str | None, KeyUse] = {}
         self.counts = {"plaintext": 0, "corrupt": 0, "altered": 0, "unsealable": 0}
@@ -97,7 +100,7 @@ class Diagnosis:
             return None
         kid = kid_label(obj.get("kid"))
         try:
-            opened = open_envelope(obj, self.keyring, session_id)
+            opened = open_envelope(obj, self.keyring, session_id, seeds=self.book.get(session_id))
         except UnknownKeyIdError:
             use = self._use(kid, session_id)
             use.missing += 1
@@ -132,10 +135,10 @@ class Diagnosis:
         version = obj.get("v")
         if version == SDK_FORMAT_VERSION and type(version) is int:
             return kid == SDK_KID
-        return version == FORMAT_VERSION and type(version) is int and kid in self.keyring
+        return version in CHAINED_VERSIONS and type(version) is int and kid in self.keyring
 
     def _authentic(self, obj: dict[str, Any], session_id: str) -> bool:
-        return token_authenticates(self.keyring, obj, session_id)
+        return token_authenticates(self.keyring, obj, session_id, self.book.get(session_id))
 
     async def vouch(self, store: SessionStore) -> None:
         """For a part of the store (one session): a key id whose items here all fail, yet
@@ -144,7 +147,7 @@ class Diagnosis:
         suspects = set(self.wrong_keys())
         if not suspects:
             return
-        async for session_id, (_, _, obj) in distinct_items(store):
+        async for session_id, (_, _, obj) in distinct_items(store, self.book):
             if isinstance(obj, CorruptRow) or not is_envelope(obj):
                 continue
             kid = kid_label(obj.get("kid"))
@@ -244,16 +247,25 @@ def sealable(obj: Item) -> bool:
     return True
 
 
-def token_authenticates(keyring: Keyring, obj: dict[str, Any], session_id: str) -> bool:
-    """Whether the item's token authenticates under the key of its key id (whatever else is
-    wrong with the item): the key is right then."""
+def token_authenticates(
+    keyring: Keyring,
+    obj: dict[str, Any],
+    session_id: str,
+    seeds: SeedMap | None = None,
+) -> bool:
+    """Whether the item's token authenticates under the key of its key id (and seed, where
+    it names one) whatever else is wrong with the item: the key is right then."""
     token = obj.get("payload")
     if not isinstance(token, str):
         return False
     if obj.get("v") == SDK_FORMAT_VERSION:
         keys = keyring.sdk_keys(session_id)
     else:
-        key = keyring.session_key(str(obj.get("kid")), session_id)
+        found = (seeds or {}).get(str(obj.get("seed"))) if "seed" in obj else None
+        if "seed" in obj and not isinstance(found, bytes):
+            return False
+        seed = found if isinstance(found, bytes) else None
+        key = keyring.session_key(str(obj.get("kid")), session_id, seed)
         keys = [key] if key is not None else []
     return any(key.open(token) is not None for key in keys)
 

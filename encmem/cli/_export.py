@@ -144,6 +144,7 @@ async def export_session(
     if session_id not in await store.session_ids():
         raise CommandError(f"no session {session_id!r} in this store", EXIT_STORE)
     diagnosis = Diagnosis(keyring)
+    await diagnosis.book.load(store, session_id)
     lines: list[str] = []
     for stored in await all_items(store.session(session_id)):
         opened = diagnosis.open(session_id, stored)

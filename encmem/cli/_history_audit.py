@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from .._chain import ANCHOR_CHARS
 from .._envelope import SDK_FORMAT_VERSION, UNCHAINED_VERSION, is_envelope, looks_sealed
 from .._items import CorruptRow, Item
 from .._keys import Keyring
@@ -28,7 +27,7 @@ from ._walk import branches, distinct_items
 
 NOT_CHAINED = "not-chained (run encmem rotate)"
 ANCHOR_MISMATCH = "history: head mismatch (does not end at the anchor)"
-_ANCHOR = re.compile(rf"[0-9]{{1,19}}\.(?:[A-Za-z0-9_-]{{{ANCHOR_CHARS}}}|-)")
+_ANCHOR = re.compile(r"[A-Za-z0-9._-]{1,64}:[0-9]{1,19}-[0-9]{1,19}\.[0-9a-f]{32}")
 
 Target = tuple[str, str | None]
 """(session id, branch id): None for a session without branches, or its current branch."""
@@ -48,7 +47,7 @@ def head_arg(text: str) -> HeadArg:
     if not equals or not target or not _ANCHOR.fullmatch(anchor):
         raise argparse.ArgumentTypeError(
             f"{safe(repr(text))} is not SESSION=ANCHOR or SESSION@BRANCH=ANCHOR, with an anchor "
-            f"as `encmem head` prints it (a number, a dot, then {ANCHOR_CHARS} letters or digits)"
+            "as `encmem head` prints it (KID:FLOOR-SEQ.MAC)"
         )
     return HeadArg(target, anchor)
 

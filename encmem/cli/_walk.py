@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from .._envelope import shown
 from .._items import CorruptRow, Item
 from .._protocol import Capabilities, SessionStore, StoreSession
+from ._seedbook import SeedBook
 
 Stored = tuple[str | None, int, Item | CorruptRow]
 """(branch, storage id, stored object) of one item."""
@@ -61,8 +62,13 @@ def once_each(found: Iterable[Stored]) -> Iterator[Stored]:
             yield stored
 
 
-async def distinct_items(store: SessionStore) -> AsyncIterator[tuple[str, Stored]]:
-    """(session id, stored item) of every item of the store, once each."""
+async def distinct_items(
+    store: SessionStore, book: SeedBook | None = None
+) -> AsyncIterator[tuple[str, Stored]]:
+    """(session id, stored item) of every item of the store, once each; with a ``book``,
+    each session's seeds are read into it before its items."""
     for session_id in await store.session_ids():
+        if book is not None:
+            await book.load(store, session_id)
         for stored in once_each(await all_items(store.session(session_id))):
             yield session_id, stored
