@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _maintenance as maintenance
 from ._keys import KeyInput, Keyring
-from ._protocol import SessionStore
+from ._protocol import KeyStore, SessionStore
 from ._session import EncryptedSession
 from .errors import StoreError
 
@@ -31,12 +31,13 @@ async def _over_store(
     batch_size: int = maintenance.DEFAULT_BATCH,
     progress: StoreProgress | None = None,
     dry_run: bool = False,
+    key_store: KeyStore | None = None,
 ) -> dict[str, Any]:
     total = await store.count_items()
     totals = maintenance.MaintenanceResult()
     sessions = 0
     for session_id in await store.session_ids():
-        options: dict[str, Any] = {"ttl": ttl, "on_invalid": on_invalid}
+        options: dict[str, Any] = {"ttl": ttl, "on_invalid": on_invalid, "key_store": key_store}
         if clock is not None:
             options["clock"] = clock
         session = EncryptedSession(
@@ -72,8 +73,10 @@ async def rotate_store(
 ) -> dict[str, Any]:
     """Re-seal every item of every session under the keyring's primary key.
 
-    Options: ``clock``, ``batch_size``, ``progress(done, total)``, ``dry_run``. Unreadable
-    items are counted, left as they are, and do not stop the run.
+    Options: ``clock``, ``batch_size``, ``progress(done, total)``, ``dry_run``,
+    ``key_store`` (where seeds live, when not in the store). Unreadable items are counted,
+    left as they are, and do not stop the run. Sessions move to seeded keys on the way
+    (shred-ready), keeping every seal time.
     """
     return await _over_store(store, keyring, maintenance.rotate, **options)
 
