@@ -7,6 +7,9 @@ AdvancedSQLAlchemySession, so purge, rotate, verify and erase keep branches and 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -15,12 +18,13 @@ from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from encmem._items import is_valid_session_id
+from encmem._protocol import ErasedRows
 from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
 from ._advanced_schema import STRUCTURE
 from ._identifiers import check_table_name
 from ._pg_url import asyncpg_options
-from ._residue import checkpoint_truncate
+from ._residue import WAL_PENDING, checkpoint_truncate, scan_files
 from ._sqlalchemy import SQLAlchemySession
 from ._sqlalchemy_engine import open_engine
 from ._sqlalchemy_schema import missing_tables, tables_with_session_id
@@ -76,6 +80,17 @@ def _unreachable(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
+
+
+def _epoch(value: Any) -> float:
+    """A stored timestamp (a datetime, or SQLite's UTC text) in seconds since the epoch."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return float(value.timestamp())
+    return float(value)
 
 
 class SQLAlchemySessionStore:
@@ -152,14 +167,23 @@ class SQLAlchemySessionStore:
     async def erase_session(self, session_id: str) -> int:
         """Delete every row of the session; return the rows removed.
 
-        On SQLite the WAL is emptied afterwards (:class:`ResiduePendingError` when other
-        readers prevent it). PostgreSQL keeps dead tuples until ``VACUUM`` runs.
+        :class:`ResiduePendingError` when old copies of the rows' pages remain (SQLite: other
+        readers kept the WAL; PostgreSQL: VACUUM could not run).
         """
+        erased = await self.erase_rows(session_id)
+        removed = sum(erased.rows.values())
+        if erased.residue_pending:
+            raise ResiduePendingError(session_id, removed)
+        return removed
+
+    async def erase_rows(self, session_id: str) -> ErasedRows:
+        """Delete every row of the session from every table, then clear what the delete
+        leaves behind: SQLite's WAL is emptied, PostgreSQL's tables are VACUUMed."""
         if self.read_only:
             raise StoreError("the store was opened read-only; nothing was erased")
         tables = await tables_with_session_id(self.engine)
         ordered = sorted(tables, key=lambda name: name == self.sessions_table)
-        removed = 0
+        removed: dict[str, int] = {}
         async with self.engine.begin() as conn:
             for table in ordered:  # counted first: cascaded deletes are not in rowcounts
                 check_table_name(table, "table")
@@ -167,19 +191,41 @@ class SQLAlchemySessionStore:
                     text(f"SELECT COUNT(*) FROM {table} WHERE session_id = :sid"),
                     {"sid": session_id},
                 )
-                removed += int(result.scalar_one())
+                removed[table] = int(result.scalar_one())
             for table in ordered:
                 await conn.execute(
                     text(f"DELETE FROM {table} WHERE session_id = :sid"), {"sid": session_id}
                 )
-        if self.engine.dialect.name == "sqlite":
+        rows = {table: count for table, count in removed.items() if count}
+        if self.engine.dialect.name == "postgresql":
             async with self.engine.connect() as conn:
-                emptied = await conn.run_sync(
-                    lambda sync: checkpoint_truncate(lambda sql: sync.exec_driver_sql(sql).first())
-                )
-            if not emptied:
-                raise ResiduePendingError(session_id, removed)
-        return removed
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                for table in ordered:
+                    await auto.exec_driver_sql(f"VACUUM {table}")
+            return ErasedRows(rows, False, "VACUUM ran on every table the session had rows in")
+        async with self.engine.connect() as conn:
+            emptied = await conn.run_sync(
+                lambda sync: checkpoint_truncate(lambda sql: sync.exec_driver_sql(sql).first())
+            )
+        return ErasedRows(rows, not emptied, "WAL emptied" if emptied else WAL_PENDING)
+
+    async def residue_hits(
+        self, session_id: str, tokens: Sequence[str]
+    ) -> tuple[int | None, int] | None:
+        """A byte scan of a SQLite file and its WAL (None on a database server)."""
+        path = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not path or path == ":memory:":
+            return None
+        others = [sid for sid in await self.session_ids() if session_id in sid]
+        return scan_files(Path(path), session_id, tokens, others)
+
+    async def last_writes(self) -> dict[str, float]:
+        """When each session was last written to (its session row's ``updated_at``)."""
+        s = self.sessions_table
+        check_table_name(s, "table")
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(text(f"SELECT session_id, updated_at FROM {s}"))).all()
+        return {str(sid): _epoch(when) for sid, when in rows if when is not None}
 
     async def close(self) -> None:
         """Close the sessions handed out and dispose the engine. Idempotent."""
