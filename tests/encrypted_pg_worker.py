@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from encmem import EncryptedSession
 from encmem.backends import AdvancedSQLAlchemySession
+
+from encmem import EncryptedSession
 
 
 def work(url: str, key: str, sessions: list[str], worker: int, turns: int, out: Any) -> None:
