@@ -255,16 +255,8 @@ class Keyring:
         HKDF's salt: destroying the seed makes every copy of the session's items
         undecryptable, whoever holds the master key.
         """
-        cache_key = (kid, session_id, seed or b"")
-        key = _cached(self._cache, cache_key)
-        if key is not None:
-            return key
-        material = self._material.get(kid)
-        if material is None:
-            return None
         label = _V2_INFO if seed is None else _SHREDDABLE_INFO
-        info = label + _bound(kid, session_id)
-        return _remember(self._cache, cache_key, FernetKey(_hkdf(material, seed, info)))
+        return self._fernet_key(kid, session_id, seed, label, seed or b"")
 
     def anchor_key(self, kid: str, session_id: str) -> bytes | None:
         """The HMAC key of ``session_id``'s history anchors under ``kid`` (None: unknown)."""
@@ -275,15 +267,22 @@ class Keyring:
 
     def seed_key(self, kid: str, session_id: str) -> FernetKey | None:
         """The key that seals ``session_id``'s seed in a key store (None for an unknown kid)."""
-        cache_key = (kid, session_id, b"seed")  # a seed is 32 bytes: never b"seed"
+        # A seed is 32 bytes: b"seed" never names one in the cache.
+        return self._fernet_key(kid, session_id, None, _SEED_INFO, b"seed")
+
+    def _fernet_key(
+        self, kid: str, session_id: str, salt: bytes | None, label: bytes, variant: bytes
+    ) -> FernetKey | None:
+        """A derived key of ``session_id`` under ``kid``, cached by (kid, session, variant)."""
+        cache_key = (kid, session_id, variant)
         key = _cached(self._cache, cache_key)
         if key is not None:
             return key
         material = self._material.get(kid)
         if material is None:
             return None
-        info = _SEED_INFO + _bound(kid, session_id)
-        return _remember(self._cache, cache_key, FernetKey(_hkdf(material, None, info)))
+        derived = _hkdf(material, salt, label + _bound(kid, session_id))
+        return _remember(self._cache, cache_key, FernetKey(derived))
 
     def session_fernet(self, kid: str, session_id: str) -> Fernet | None:
         """The Fernet that seals ``session_id``'s items under ``kid``; None for an unknown kid."""
