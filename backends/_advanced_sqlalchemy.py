@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from encmem import _turns as turns
 from encmem._items import Item
 from encmem._protocol import ForkHead, StoredItem, TurnRow
 from encmem._settings import SessionSettings, resolve_limit
@@ -32,13 +31,13 @@ from encmem.errors import BranchError
 
 from . import _advanced_sqlalchemy_analytics as analytics
 from . import _sqlalchemy_schema as base_schema
+from ._advanced_content import ContentQueries, check_branch_id
 from ._advanced_queries import MAIN
 from ._advanced_schema import BRANCHES
 from ._advanced_sqlalchemy_queries import AdvancedQueries
 from ._advanced_sqlalchemy_schema import AdvancedTables, create_advanced_tables
 from ._advanced_sqlalchemy_usage import UsageReports
-from ._advanced_sqlite import _check_branch_id
-from ._rows import plain_item, plain_items
+from ._rows import plain_items
 from ._sqlalchemy import SQLAlchemySession
 from ._sqlalchemy_ddl import missing_tables_error
 from ._sqlalchemy_schema import SessionTables
@@ -61,7 +60,7 @@ def _retryable(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _RETRYABLE
 
 
-class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
+class AdvancedSQLAlchemySession(ContentQueries, SQLAlchemySession, UsageReports):
     """SQLAlchemy history with conversation branches, turn structure and per-turn token usage."""
 
     def __init__(
@@ -112,7 +111,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
         return self._branch
 
     def _target(self, branch_id: str | None) -> str:
-        return self._branch if branch_id is None else _check_branch_id(branch_id)
+        return self._branch if branch_id is None else check_branch_id(branch_id)
 
     # -- schema and transactions ----------------------------------------------------------
 
@@ -278,30 +277,6 @@ class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
         branch, q = self._target(branch_id), self._q
         return await self._read(lambda conn: analytics.user_turn_rows(conn, q, branch))
 
-    # -- content-aware queries (shared with EncryptedSession through encmem._turns) --------
-
-    def _plain_turns(self, rows: list[TurnRow]) -> list[tuple[TurnRow, Item]]:
-        return [(row, plain_item(self.session_id, row.message_id, row.item)) for row in rows]
-
-    async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:
-        """User turns with a 100-character preview, for choosing where to branch."""
-        rows = await self.get_user_turn_items(branch_id)
-        return turns.conversation_turns(self._plain_turns(rows))
-
-    async def find_turns_by_content(
-        self, search_term: str, branch_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        """User turns whose text contains ``search_term`` (literal, case-insensitive)."""
-        rows = await self.get_user_turn_items(branch_id)
-        return turns.find_turns(self._plain_turns(rows), search_term)
-
-    async def create_branch_from_content(
-        self, search_term: str, branch_name: str | None = None
-    ) -> str:
-        """Branch from the first user turn of the current branch containing ``search_term``."""
-        found = await self.find_turns_by_content(search_term)
-        turn = turns.first_matching_turn(found, search_term)
-        return await self.create_branch_from_turn(turn, branch_name)
 
     # -- branches -------------------------------------------------------------------------
 
@@ -318,7 +293,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
         if isinstance(turn_number, bool) or not isinstance(turn_number, int):
             raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
         if branch_name is not None:
-            _check_branch_id(branch_name, "branch_name")
+            check_branch_id(branch_name, "branch_name")
         source, q = self._branch, self._q
         if fork is not None:
             await self._require_heads()
@@ -339,7 +314,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
 
     async def switch_to_branch(self, branch_id: str) -> None:
         """Make ``branch_id`` the current branch; ValueError if it does not exist."""
-        _check_branch_id(branch_id)
+        check_branch_id(branch_id)
         q = self._q
         state = await self._read(lambda conn: q.branch_state(conn, branch_id))
         if state != "live":
@@ -350,7 +325,7 @@ class AdvancedSQLAlchemySession(SQLAlchemySession, UsageReports):
 
     async def delete_branch(self, branch_id: str, force: bool = False) -> None:
         """Delete a branch (never ``main``; the current one only with ``force``, then on main)."""
-        _check_branch_id(branch_id)
+        check_branch_id(branch_id)
         if branch_id == MAIN:
             raise BranchError("the 'main' branch cannot be deleted; use clear_session()")
         current = branch_id == self._branch

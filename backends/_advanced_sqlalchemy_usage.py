@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import _advanced_items as advanced_items
 from . import _advanced_sqlalchemy_analytics as analytics
+from ._advanced_content import check_branch_id
 from ._advanced_sqlalchemy_queries import AdvancedQueries
-from ._advanced_sqlite import _check_branch_id
 
 T = TypeVar("T")
 
@@ -77,7 +77,7 @@ class UsageReports:
 
     async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
         """Usage summed over every branch (or ``branch_id``); None when nothing was stored."""
-        branch = None if branch_id is None else _check_branch_id(branch_id)
+        branch = None if branch_id is None else check_branch_id(branch_id)
         q = self._q
         return await self._read(lambda conn: analytics.session_usage(conn, q, branch))
 

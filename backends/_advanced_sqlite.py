@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from encmem import _turns as turns
 from encmem._items import CorruptRow, Item, encode_items
 from encmem._protocol import ForkHead, StoredItem, TurnRow
 from encmem._settings import SessionSettings, resolve_limit
@@ -30,8 +29,9 @@ from . import _advanced_queries as queries
 from . import _advanced_schema as schema
 from . import _heads as heads
 from . import _sqlite_connection as connections
+from ._advanced_content import ContentQueries, check_branch_id
 from ._advanced_queries import MAIN, Scope
-from ._rows import plain_item, plain_items
+from ._rows import plain_items
 from ._sqlite import SQLiteSession
 
 __all__ = ["AdvancedSQLiteSession", "BranchError"]
@@ -39,15 +39,7 @@ __all__ = ["AdvancedSQLiteSession", "BranchError"]
 _module_logger = logging.getLogger("encmem.backends.advanced_sqlite")
 
 
-def _check_branch_id(branch_id: object, parameter: str = "branch_id") -> str:
-    if not isinstance(branch_id, str):
-        raise TypeError(f"{parameter} must be a str, not {type(branch_id).__name__}")
-    if not branch_id.strip():
-        raise BranchError(f"{parameter} cannot be empty or whitespace; give the branch a name")
-    return branch_id
-
-
-class AdvancedSQLiteSession(SQLiteSession):
+class AdvancedSQLiteSession(ContentQueries, SQLiteSession):
     """SQLite history with conversation branches, turn structure and per-turn token usage."""
 
     def __init__(
@@ -87,7 +79,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         return Scope(self.session_id, self.sessions_table, self.messages_table)
 
     def _target(self, branch_id: str | None) -> str:
-        return self._branch if branch_id is None else _check_branch_id(branch_id)
+        return self._branch if branch_id is None else check_branch_id(branch_id)
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -219,30 +211,6 @@ class AdvancedSQLiteSession(SQLiteSession):
         )
         return rows
 
-    # -- content-aware queries (shared with EncryptedSession through encmem._turns) --------
-
-    def _plain_turns(self, rows: list[TurnRow]) -> list[tuple[TurnRow, Item]]:
-        return [(row, plain_item(self.session_id, row.message_id, row.item)) for row in rows]
-
-    async def get_conversation_turns(self, branch_id: str | None = None) -> list[dict[str, Any]]:
-        """User turns with a 100-character preview, for choosing where to branch."""
-        rows = await self.get_user_turn_items(branch_id)
-        return turns.conversation_turns(self._plain_turns(rows))
-
-    async def find_turns_by_content(
-        self, search_term: str, branch_id: str | None = None
-    ) -> list[dict[str, Any]]:
-        """User turns whose text contains ``search_term`` (literal, case-insensitive)."""
-        rows = await self.get_user_turn_items(branch_id)
-        return turns.find_turns(self._plain_turns(rows), search_term)
-
-    async def create_branch_from_content(
-        self, search_term: str, branch_name: str | None = None
-    ) -> str:
-        """Branch from the first user turn of the current branch containing ``search_term``."""
-        found = await self.find_turns_by_content(search_term)
-        turn = turns.first_matching_turn(found, search_term)
-        return await self.create_branch_from_turn(turn, branch_name)
 
     # -- branches -------------------------------------------------------------------------
 
@@ -259,7 +227,7 @@ class AdvancedSQLiteSession(SQLiteSession):
         if isinstance(turn_number, bool) or not isinstance(turn_number, int):
             raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
         if branch_name is not None:
-            _check_branch_id(branch_name, "branch_name")
+            check_branch_id(branch_name, "branch_name")
         scope, source = self._scope, self._branch
 
         def create(conn: sqlite3.Connection) -> str:
@@ -279,7 +247,7 @@ class AdvancedSQLiteSession(SQLiteSession):
 
     async def switch_to_branch(self, branch_id: str) -> None:
         """Make ``branch_id`` the current branch; ValueError if it does not exist."""
-        _check_branch_id(branch_id)
+        check_branch_id(branch_id)
         scope = self._scope
         state: str = await self._read(lambda conn: queries.branch_state(conn, scope, branch_id))
         if state != "live":
@@ -290,7 +258,7 @@ class AdvancedSQLiteSession(SQLiteSession):
 
     async def delete_branch(self, branch_id: str, force: bool = False) -> None:
         """Delete a branch (never ``main``; the current one only with ``force``, then on main)."""
-        _check_branch_id(branch_id)
+        check_branch_id(branch_id)
         if branch_id == MAIN:
             raise BranchError("the 'main' branch cannot be deleted; use clear_session()")
         current = branch_id == self._branch
@@ -361,7 +329,7 @@ class AdvancedSQLiteSession(SQLiteSession):
     async def get_session_usage(self, branch_id: str | None = None) -> dict[str, int] | None:
         """Usage summed over every branch (or ``branch_id``); None when nothing was stored."""
         scope = self._scope
-        branch = None if branch_id is None else _check_branch_id(branch_id)
+        branch = None if branch_id is None else check_branch_id(branch_id)
         found: dict[str, int] | None = await self._read(
             lambda conn: analytics.session_usage(conn, scope, branch)
         )
