@@ -6,17 +6,14 @@ The report is a dict: printed as JSON with ``--json``, as readable lines otherwi
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import threading
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from .. import _stores as maintenance
 from .._envelope import CHAINED_VERSIONS, is_envelope, looks_sealed
 from .._items import CorruptRow, Item
 from .._keys import Keyring
-from .._protocol import SessionStore
+from .._protocol import Capabilities, KeyStore, SessionStore
 from ..errors import CommandError, EncmemError, InvalidKeyError
 from ._audit import EXIT_OK, inspect_store, verify_store
 from ._diagnosis import (
@@ -29,6 +26,7 @@ from ._diagnosis import (
     sessions_text,
     token_authenticates,
 )
+from ._erase import EXIT_PENDING, erase, erase_idle
 from ._export import EXIT_USAGE, export_session
 from ._history_audit import chain_counts
 from ._progress import ProgressBar
@@ -37,8 +35,6 @@ from ._seedbook import SeedBook
 from ._walk import distinct_items, iso
 
 EXIT_UNEXPECTED = 5
-EXIT_PENDING = 6
-EXIT_INTERRUPTED = 130
 _TEXT_CONTROLS = frozenset(chr(c) for c in (*range(0x20), 0x7F)) - set("\t\n\r")
 
 
@@ -87,6 +83,17 @@ def load_keyring(key_file: str | None) -> Keyring:
 # -- maintenance ----------------------------------------------------------------------------
 
 
+async def _check_keeps_seeds(store: SessionStore) -> None:
+    """``rotate --shred-ready`` needs a key store: the store's own, or ``--key-store``."""
+    sessions = await store.session_ids()
+    if sessions and Capabilities.of(store.session(sessions[0])).key_store is None:
+        raise CommandError(
+            "--shred-ready: this store keeps no seeds, so its sessions cannot be made "
+            "shreddable; name a key store with --key-store PATH|URL",
+            EXIT_USAGE,
+        )
+
+
 def _opened_by(kind: str, obj: Item | CorruptRow, primary: str) -> bool:
     """Whether ``kind`` opens this stored object (what the others leave alone cannot stop it)."""
     if isinstance(obj, CorruptRow):
@@ -100,9 +107,11 @@ def _opened_by(kind: str, obj: Item | CorruptRow, primary: str) -> bool:
     return True
 
 
-async def _refusal(kind: str, store: SessionStore, keyring: Keyring) -> CommandError:
+async def _refusal(
+    kind: str, store: SessionStore, keyring: Keyring, key_store: KeyStore | None
+) -> CommandError:
     """Why the items a maintenance pass cannot open do not open, as one refusal."""
-    diagnosis = Diagnosis(keyring)
+    diagnosis = Diagnosis(keyring, key_store=key_store)
     items = 0
     async for session_id, stored in distinct_items(store, diagnosis.book):
         items += 1
@@ -120,13 +129,15 @@ async def _refusal(kind: str, store: SessionStore, keyring: Keyring) -> CommandE
     )
 
 
-async def check_primary_key(store: SessionStore, keyring: Keyring) -> None:
+async def check_primary_key(
+    store: SessionStore, keyring: Keyring, key_store: KeyStore | None = None
+) -> None:
     """Refuse a primary key that opens none of the items already sealed under its key id:
     everything a maintenance pass writes is sealed under it. Stops at the first item whose
     token authenticates, so a right key costs one item."""
     primary = keyring.primary_kid
     failed, sessions = 0, []
-    book = SeedBook(keyring)
+    book = SeedBook(keyring, key_store)
     async for session_id, (_, _, obj) in distinct_items(store, book):
         if isinstance(obj, CorruptRow) or not is_envelope(obj) or obj.get("kid") != primary:
             continue
@@ -158,14 +169,19 @@ async def run_maintenance(
     batch_size: int,
     prechecked: bool = False,
     count_chains: bool = True,
+    key_store: KeyStore | None = None,
+    shred_ready: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """purge / rotate / encrypt: a dry pass first, so a wrong key changes nothing.
 
     ``prechecked``: that dry pass already ran and passed (on the store opened read-only
     before this one was opened to write), so it is not made again. ``count_chains``: the
     report of rotate and encrypt says how many sessions hold items not in a chain (those
-    the pass chains), counted before it runs.
+    the pass chains), counted before it runs. ``key_store``: where seeds live, when not in
+    the store; ``shred_ready`` (rotate) refuses a store with no key store at all.
     """
+    if shred_ready and key_store is None:
+        await _check_keeps_seeds(store)
     jobs = {
         "rotate": maintenance.rotate_store,
         "encrypt": maintenance.encrypt_store,
@@ -175,71 +191,19 @@ async def run_maintenance(
     args: tuple[Any, ...] = (store, keyring) if kind != "purge" else (store, keyring, ttl)
     chains = count_chains and kind != "purge"
     if not prechecked:
-        await check_primary_key(store, keyring)
-        preview = await job(*args, batch_size=batch_size, dry_run=True)
+        await check_primary_key(store, keyring, key_store)
+        preview = await job(*args, batch_size=batch_size, dry_run=True, key_store=key_store)
         if preview["unreadable"] and not skip_unreadable:
-            raise await _refusal(kind, store, keyring)
+            raise await _refusal(kind, store, keyring, key_store)
         if dry_run:
             return EXIT_OK, {**preview, **(await chain_counts(store, kind) if chains else {})}
     counts = await chain_counts(store, kind) if chains else {}
     bar = ProgressBar(kind)
     try:
-        result = await job(*args, batch_size=batch_size, progress=bar)
+        result = await job(*args, batch_size=batch_size, progress=bar, key_store=key_store)
     finally:
         bar.finish()
     return EXIT_OK, {**result, **counts}
-
-
-# -- export / erase -------------------------------------------------------------------------
-
-
-def confirm(session_id: str, items: int, stdin: TextIO = sys.stdin) -> bool:
-    """Ask on the terminal; without one, refuse (``--yes`` is the way to say yes)."""
-    if not stdin.isatty():
-        return False
-    prompt = (
-        f"Erase every row of session {session_id!r} ({plural(items, 'item')}) for good? "
-        "Type the session id to confirm: "
-    )
-    return _ask(prompt, stdin) == session_id
-
-
-def _ask(prompt: str, stdin: TextIO) -> str:
-    """One line from the terminal; Ctrl-C there stops the command before anything is erased.
-
-    The event loop's own SIGINT handler only cancels the task, which a blocking read never
-    notices: Python's default handler is put back from before the prompt to the answer."""
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler) if in_main else None
-    try:
-        sys.stderr.write(prompt)
-        sys.stderr.flush()
-        return stdin.readline().strip()
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
-        raise CommandError("interrupted; nothing was erased", EXIT_INTERRUPTED) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-async def erase(
-    store: SessionStore, session_id: str, yes: bool, *, finish: bool = False
-) -> tuple[int, dict[str, Any]]:
-    """Delete every row of the session; with ``finish``, complete an erase that exited 6."""
-    if finish:
-        removed = await store.erase_session(session_id)
-        return EXIT_OK, {"session_id": session_id, "rows_removed": removed, "finished": True}
-    if session_id not in await store.session_ids():
-        raise CommandError(f"no session {session_id!r} in this store", EXIT_STORE)
-    items = len(await store.session(session_id).get_stored_items(None))
-    if not yes and not confirm(session_id, items):
-        raise CommandError(
-            "not confirmed; nothing was erased (pass --yes to erase without asking)",
-            EXIT_FINDINGS,
-        )
-    removed = await store.erase_session(session_id)
-    return EXIT_OK, {"session_id": session_id, "rows_removed": removed}
 
 
 __all__ = [
@@ -253,6 +217,7 @@ __all__ = [
     "CommandError",
     "EncmemError",
     "erase",
+    "erase_idle",
     "export_session",
     "iso",
     "inspect_store",

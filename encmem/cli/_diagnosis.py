@@ -8,6 +8,7 @@ that hold no item are the store's content, not key problems.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,9 @@ from .._envelope import (
 )
 from .._items import CorruptRow, Item, encode_item
 from .._keys import SDK_KID, Keyring
-from .._protocol import SessionStore
+from .._protocol import KeyStore, SessionStore
 from .._seeds import SeedMap
-from ..errors import DecryptionError, InvalidItemError, UnknownKeyIdError
+from ..errors import DecryptionError, InvalidItemError, SessionErasedError, UnknownKeyIdError
 from ._seedbook import SeedBook
 from ._walk import Stored, distinct_items, kid_label
 
@@ -31,6 +32,9 @@ EXIT_FINDINGS = 1
 EXIT_KEYS = 3
 EXIT_STORE = 4
 _UNSHOWN = "<a key id that is not a valid one>"
+ERASED = "erased (SessionErasedError)"
+NOT_CHAINED = "not-chained (run encmem rotate)"
+NOT_SHREDDABLE = "not-shreddable (run encmem rotate)"
 
 
 @dataclass
@@ -73,13 +77,19 @@ class Diagnosis:
     settled by :meth:`settle` once every item was seen.
     """
 
-    def __init__(self, keyring: Keyring, findings: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        findings: list[dict[str, Any]] | None = None,
+        key_store: KeyStore | None = None,
+    ) -> None:
         self.keyring = keyring
-        self.book = SeedBook(keyring)
+        self.book = SeedBook(keyring, key_store)
         self.findings = findings if findings is not None else []
         self.kids: dict[str | None, KeyUse] = {}
         self.counts = {"plaintext": 0, "corrupt": 0, "altered": 0, "unsealable": 0}
         self.items = 0
+        self.erased: Counter[str] = Counter()
         self._altered_alone = 0
 
     def open(self, session_id: str, stored: Stored) -> Opened | None:
@@ -104,6 +114,9 @@ class Diagnosis:
         except UnknownKeyIdError:
             use = self._use(kid, session_id)
             use.missing += 1
+            return None
+        except SessionErasedError:  # its seed was destroyed: no key opens it, none is wrong
+            self.erased[session_id] += 1
             return None
         except DecryptionError as exc:
             finding = {**place, "problem": type(exc).__name__, "kid": kid}
@@ -177,6 +190,8 @@ class Diagnosis:
             self.findings.append(_key_finding("wrong-key", kid, len(use.unauthentic), use))
         for kid, use in missing.items():
             self.findings.append(_key_finding("missing-key", kid, use.missing, use))
+        for session_id, count in self.erased.items():
+            self.findings.append(session_finding(session_id, ERASED, count))
         # Failures under a key that authenticates other items: those items were altered.
         under_right_keys = sum(len(u.unauthentic) for u in self.kids.values() if u.authentic)
         self.counts["altered"] = self._altered_alone + under_right_keys
@@ -196,6 +211,14 @@ class Diagnosis:
                 f"{plural(len(use.unauthentic), 'item')} in {sessions_text(use.sessions)} "
                 f"{_verb(len(use.unauthentic))} sealed under key id {_kid_text(kid)}, and the "
                 "key given for that id opens none of them: it is the wrong key for that id"
+            )
+        if self.erased:
+            erased = sum(self.erased.values())
+            phrases.append(
+                f"{plural(erased, 'item')} in {sessions_text(list(self.erased))} "
+                f"{_verb(erased)} sealed under a seed the key store no longer holds: the "
+                "session was erased, and these are leftovers or a restored copy that nothing "
+                "can decrypt (or the key store given is not the one the session uses)"
             )
         count = self.counts
         if count["altered"]:
@@ -229,7 +252,7 @@ class Diagnosis:
         """How many items did not open, whatever the cause (after :meth:`settle`)."""
         keyless = sum(len(u.unauthentic) for u in self.wrong_keys().values())
         keyless += sum(u.missing for u in self.kids.values())
-        return keyless + sum(self.counts.values())
+        return keyless + sum(self.counts.values()) + sum(self.erased.values())
 
     def exit_code(self) -> int:
         """Keys (missing, wrong) and authentication failures: 3; store content alone: 4."""
@@ -268,6 +291,17 @@ def token_authenticates(
         key = keyring.session_key(str(obj.get("kid")), session_id, seed)
         keys = [key] if key is not None else []
     return any(key.open(token) is not None for key in keys)
+
+
+def session_finding(session_id: str, problem: str, items: int) -> dict[str, Any]:
+    """A finding about a session as a whole: how many of its items it is about."""
+    return {
+        "session_id": session_id,
+        "branch_id": None,
+        "storage_id": None,
+        "problem": problem,
+        "items": items,
+    }
 
 
 def _kid_text(kid: str | None) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .._keys import Keyring
-from .._protocol import SessionStore
+from .._protocol import KeyStore, SessionStore
 from ..errors import CommandError
 from ._diagnosis import EXIT_STORE, Diagnosis, plural
 from ._walk import all_items, iso
@@ -138,12 +138,16 @@ def stdout_is_shared_file() -> str | None:
 
 
 async def export_session(
-    store: SessionStore, keyring: Keyring, session_id: str, destination: Callable[[], Output]
+    store: SessionStore,
+    keyring: Keyring,
+    session_id: str,
+    destination: Callable[[], Output],
+    key_store: KeyStore | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Decrypt the session, then write it: a session none of whose items opens leaves no file."""
     if session_id not in await store.session_ids():
         raise CommandError(f"no session {session_id!r} in this store", EXIT_STORE)
-    diagnosis = Diagnosis(keyring)
+    diagnosis = Diagnosis(keyring, key_store=key_store)
     await diagnosis.book.load(store, session_id)
     lines: list[str] = []
     for stored in await all_items(store.session(session_id)):
@@ -162,8 +166,7 @@ async def export_session(
     unopened = diagnosis.unopened()
     if unopened and not lines:
         raise CommandError(
-            f"nothing was exported from session {session_id!r}: "
-            + "; ".join(diagnosis.causes()),
+            f"nothing was exported from session {session_id!r}: " + "; ".join(diagnosis.causes()),
             diagnosis.exit_code(),
         )
     out = destination()

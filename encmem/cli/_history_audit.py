@@ -15,17 +15,23 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .._envelope import SDK_FORMAT_VERSION, UNCHAINED_VERSION, is_envelope, looks_sealed
+from .._envelope import SHREDDABLE_VERSION as SHREDDABLE
 from .._items import CorruptRow, Item
 from .._keys import Keyring
-from .._protocol import Capabilities, SessionStore, StoreSession
+from .._protocol import Capabilities, KeyStore, SessionStore, StoreSession
 from .._session import EncryptedSession
 from ..errors import CommandError, DecryptionError, HistoryTamperedError, UnknownKeyIdError
-from ._diagnosis import EXIT_FINDINGS, EXIT_STORE
+from ._diagnosis import (
+    EXIT_FINDINGS,
+    EXIT_STORE,
+    NOT_CHAINED,
+    NOT_SHREDDABLE,
+    session_finding,
+)
 from ._export import EXIT_USAGE
 from ._report import safe
 from ._walk import branches, distinct_items
 
-NOT_CHAINED = "not-chained (run encmem rotate)"
 ANCHOR_MISMATCH = "history: head mismatch (does not end at the anchor)"
 _ANCHOR = re.compile(r"[A-Za-z0-9._-]{1,64}:[0-9]{1,19}-[0-9]{1,19}\.[0-9a-f]{32}")
 
@@ -66,35 +72,43 @@ def is_unchained(obj: Item | CorruptRow) -> bool:
 
 def not_chained(counts: Counter[str]) -> list[Finding]:
     """One finding per session that holds items sealed before chains, with their count."""
-    return [
-        {
-            "session_id": session_id,
-            "branch_id": None,
-            "storage_id": None,
-            "problem": NOT_CHAINED,
-            "items": count,
-        }
-        for session_id, count in counts.items()
-    ]
+    return [session_finding(sid, NOT_CHAINED, count) for sid, count in counts.items()]
+
+
+def not_shreddable(counts: Counter[str]) -> list[Finding]:
+    """One finding per session that holds items sealed without a seed (an erase cannot
+    shred their copies in backups), with their count."""
+    return [session_finding(sid, NOT_SHREDDABLE, count) for sid, count in counts.items()]
 
 
 async def chain_counts(store: SessionStore, kind: str) -> dict[str, int]:
     """What ``rotate`` (or ``encrypt``) chains: the sessions holding items not in a chain
-    and how many such items (envelopes sealed before chains; for encrypt, plaintext too)."""
+    and how many such items (envelopes sealed before chains; for encrypt, plaintext too);
+    for rotate, also the sessions and items sealed without a seed (it seals them with one)."""
     counts: Counter[str] = Counter()
+    unseeded: Counter[str] = Counter()
     async for session_id, (_, _, obj) in distinct_items(store):
         plaintext = isinstance(obj, dict) and not is_envelope(obj) and not looks_sealed(obj)
         if is_unchained(obj) or (kind == "encrypt" and plaintext):
             counts[session_id] += 1
-    return {"unchained_sessions": len(counts), "unchained": sum(counts.values())}
+        if not isinstance(obj, CorruptRow) and is_envelope(obj) and obj.get("v") != SHREDDABLE:
+            unseeded[session_id] += 1
+    found = {"unchained_sessions": len(counts), "unchained": sum(counts.values())}
+    if kind == "rotate":  # what rotation moves to seeded keys (shreddable)
+        found.update(unshreddable_sessions=len(unseeded), unshreddable=sum(unseeded.values()))
+    return found
 
 
 # -- the history pass of verify ---------------------------------------------------------------
 
 
-def _strict(session_id: str, underlying: StoreSession, keyring: Keyring) -> EncryptedSession:
+def _strict(
+    session_id: str, underlying: StoreSession, keyring: Keyring, key_store: KeyStore | None
+) -> EncryptedSession:
     """The session as a reader that skips nothing and drops nothing as expired."""
-    return EncryptedSession(session_id, underlying, keyring, ttl=None, on_invalid="raise")
+    return EncryptedSession(
+        session_id, underlying, keyring, ttl=None, on_invalid="raise", key_store=key_store
+    )
 
 
 def _broken(place: Finding, exc: DecryptionError, kind: str, anchor: str | None) -> Finding:
@@ -194,7 +208,10 @@ def _unmet(found: Finding, session_known: bool, branch_known: bool) -> Finding:
 
 
 async def history_findings(
-    store: SessionStore, keyring: Keyring, heads: Sequence[HeadArg] = ()
+    store: SessionStore,
+    keyring: Keyring,
+    heads: Sequence[HeadArg] = (),
+    key_store: KeyStore | None = None,
 ) -> tuple[list[Finding], int]:
     """Every branch of every session checked as a history (against its ``--head`` anchor
     when one was given); the findings and how many histories were checked."""
@@ -204,14 +221,14 @@ async def history_findings(
     met: set[Target] = set()
     for session_id in sessions:
         underlying = store.session(session_id)
-        session = _strict(session_id, underlying, keyring)
+        session = _strict(session_id, underlying, keyring, key_store)
         for branch in await branches(underlying):
             met.add((session_id, branch))
             found = await check_history(session, branch, anchors.pop((session_id, branch), None))
             if found is not None:
                 findings.append(found)
     for (session_id, branch), anchor in anchors.items():  # not met: gone, or a current branch
-        session = _strict(session_id, store.session(session_id), keyring)
+        session = _strict(session_id, store.session(session_id), keyring, key_store)
         found = await check_history(session, branch, anchor)
         if found is not None:
             findings.append(_unmet(found, session_id in sessions, (session_id, branch) in met))
@@ -245,7 +262,11 @@ async def _anchor(session: EncryptedSession, branch: str | None) -> str:
 
 
 async def history_heads(
-    store: SessionStore, keyring: Keyring, session_id: str | None, branch: str | None
+    store: SessionStore,
+    keyring: Keyring,
+    session_id: str | None,
+    branch: str | None,
+    key_store: KeyStore | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """The anchor of each session's history (each branch's), once it verified in full."""
     if branch is not None and session_id is None:
@@ -258,7 +279,7 @@ async def history_heads(
     heads = []
     for name in sessions:
         underlying = store.session(name)
-        session = _strict(name, underlying, keyring)
+        session = _strict(name, underlying, keyring, key_store)
         for chosen in await _chosen(underlying, name, branch):
             anchor = await _anchor(session, chosen)
             heads.append({"session_id": name, "branch_id": chosen, "anchor": anchor})

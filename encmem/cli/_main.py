@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._keys import Keyring, generate_key
-from .._protocol import SessionStore
+from .._protocol import KeyStore, SessionStore
 from ..errors import (
     CommandError,
     DecryptionError,
@@ -30,39 +30,67 @@ from ..errors import (
     UnsupportedOperation,
 )
 from . import _commands as commands
+from ._erase import duration_text
 from ._export import Output, open_private, silence_stdout
 from ._history_audit import history_heads
+from ._key_store import OpenedKeyStore, open_key_store
 from ._parser import build_parser
 from ._report import export_notice, print_report, safe
 
 _READ_ONLY_COMMANDS = ("inspect", "verify", "head", "export")
 
 
+def _lists_idle(args: argparse.Namespace) -> bool:
+    """``erase --idle-longer-than`` without ``--yes``: a dry run that lists the sessions."""
+    return args.command == "erase" and args.idle_longer_than is not None and not args.yes
+
+
 def _reads_only(args: argparse.Namespace) -> bool:
-    """inspect, verify, head, export and every --dry-run open the store read-only: they change
-    nothing, and work on read-only files in read-only directories."""
-    return args.command in _READ_ONLY_COMMANDS or bool(getattr(args, "dry_run", False))
+    """inspect, verify, head, export, every --dry-run and the listing of idle sessions open
+    the store read-only: they change nothing, and work on read-only files in read-only
+    directories."""
+    dry = bool(getattr(args, "dry_run", False))
+    return args.command in _READ_ONLY_COMMANDS or dry or _lists_idle(args)
+
+
+async def _erase(
+    args: argparse.Namespace, store: SessionStore, key_store: KeyStore | None
+) -> tuple[int, dict[str, Any]]:
+    if args.idle_longer_than is not None:
+        return await commands.erase_idle(
+            store,
+            args.idle_longer_than,
+            args.yes,
+            duration=duration_text(args.idle_longer_than),
+            key_store=key_store,
+        )
+    return await commands.erase(
+        store, args.session, args.yes, finish=args.finish, key_store=key_store
+    )
 
 
 async def _dispatch(
-    args: argparse.Namespace, store: SessionStore, keyring: Keyring | None
+    args: argparse.Namespace,
+    store: SessionStore,
+    keyring: Keyring | None,
+    key_store: KeyStore | None = None,
 ) -> tuple[int, dict[str, Any]]:
     if args.command == "inspect":
-        return await commands.inspect_store(store, keyring, args.ttl)
+        return await commands.inspect_store(store, keyring, args.ttl, key_store)
     if args.command == "erase":
-        return await commands.erase(store, args.session, args.yes, finish=args.finish)
+        return await _erase(args, store, key_store)
     assert keyring is not None
     if args.command == "verify":
-        return await commands.verify_store(store, keyring, args.ttl, args.head)
+        return await commands.verify_store(store, keyring, args.ttl, args.head, key_store)
     if args.command == "head":
-        return await history_heads(store, keyring, args.session, args.branch)
+        return await history_heads(store, keyring, args.session, args.branch, key_store)
     if args.command == "export":
         out_path = args.out
 
         def destination() -> Output:
             return open_private(out_path, args.force) if out_path else Output(sys.stdout)
 
-        return await commands.export_session(store, keyring, args.session, destination)
+        return await commands.export_session(store, keyring, args.session, destination, key_store)
     return await commands.run_maintenance(
         args.command,
         store,
@@ -73,16 +101,23 @@ async def _dispatch(
         batch_size=args.batch_size,
         # A store opened to write had its dry pass in _preflight, on the read-only probe.
         prechecked=not args.dry_run,
+        key_store=key_store,
+        shred_ready=getattr(args, "shred_ready", False),
     )
 
 
 async def _preflight(
-    args: argparse.Namespace, store: SessionStore, keyring: Keyring | None
+    args: argparse.Namespace,
+    store: SessionStore,
+    keyring: Keyring | None,
+    key_store: KeyStore | None,
 ) -> None:
     """What a command that writes would refuse, found on the store opened read-only, so
     that a refusal changes nothing (opening a store to write switches a SQLite file to WAL)."""
     if args.command == "erase":
-        if not args.finish and args.session not in await store.session_ids():
+        if args.session is None or args.finish:
+            return
+        if args.session not in await store.session_ids():
             raise CommandError(f"no session {args.session!r} in this store", commands.EXIT_STORE)
         return
     assert keyring is not None
@@ -95,23 +130,73 @@ async def _preflight(
         skip_unreadable=args.skip_unreadable,
         batch_size=args.batch_size,
         count_chains=False,  # the report of this pass is not shown
+        key_store=key_store,
+        shred_ready=getattr(args, "shred_ready", False),
+    )
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Option combinations argparse cannot refuse by itself: a usage error (exit 2)."""
+    from ..backends._pg_url import url_parameter_problem
+
+    if args.command == "erase" and args.finish and args.session is None:
+        raise CommandError(
+            "--finish completes the erase of one session: add --session ID", commands.EXIT_USAGE
+        )
+    for option, target in (("", args.db), ("--key-store ", args.key_store)):
+        if target is not None and (problem := url_parameter_problem(target)) is not None:
+            raise CommandError(f"the {option}URL cannot be used: {problem}", commands.EXIT_USAGE)
+
+
+async def _open_key_store(args: argparse.Namespace) -> OpenedKeyStore | None:
+    if args.key_store is None:
+        return None
+    creates = args.command == "encrypt" or (args.command == "rotate" and args.shred_ready)
+    return await open_key_store(
+        args.key_store,
+        read_only=_reads_only(args),
+        may_create=creates,
+        busy_timeout=args.busy_timeout,
     )
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from ..backends import open_store
-    from ..backends._pg_url import url_parameter_problem
-
     keyring = None
     if args.command != "erase":
         needs_keys = args.command != "inspect"
         if needs_keys or args.key_file or _env_has_keys():
             keyring = commands.load_keyring(args.key_file)
+    _check_options(args)
+    opened = await _open_key_store(args)
+    try:
+        code, report = await _on_store(args, keyring, opened.store if opened else None)
+    finally:
+        if opened is not None:
+            await opened.close()
+    if args.command != "export":
+        print_report(args.command, report, args.json)
+        if report.get("warning"):
+            sys.stderr.write(f"encmem {args.command}: {report['warning']}\n")
+    elif report.get("output_closed"):
+        pass  # the reader stopped reading: nothing more to say, as cat says nothing
+    elif args.json and args.out is None:
+        sys.stderr.write(json.dumps(report) + "\n")
+    elif args.json:
+        print_report(args.command, report, True)
+    else:
+        sys.stderr.write(export_notice(report, args.out) + "\n")
+    return code
+
+
+async def _on_store(
+    args: argparse.Namespace, keyring: Keyring | None, key_store: KeyStore | None
+) -> tuple[int, dict[str, Any]]:
+    """Open the store, run the command on it, close it: the exit code and the report."""
+    from ..backends import open_store
+
     # A read without locks (a WAL file with no log beside it) of a file a writer changed
     # meanwhile is refused when the store closes; a report not yet printed is made again.
     rereads = 5 if _reads_only(args) and args.command != "export" else 0
-    if (problem := url_parameter_problem(args.db)) is not None:
-        raise CommandError(f"the URL cannot be used: {problem}", commands.EXIT_USAGE)
     while True:
         store = await open_store(
             args.db,
@@ -119,10 +204,10 @@ async def _run(args: argparse.Namespace) -> int:
             messages_table=args.messages_table,
             busy_timeout=args.busy_timeout,
             read_only=_reads_only(args),
-            preflight=lambda probe: _preflight(args, probe, keyring),
+            preflight=lambda probe: _preflight(args, probe, keyring, key_store),
         )
         try:
-            code, report = await _dispatch(args, store, keyring)
+            result = await _dispatch(args, store, keyring, key_store)
         except BaseException:
             await store.aclose()
             raise
@@ -133,18 +218,7 @@ async def _run(args: argparse.Namespace) -> int:
                 raise
             rereads -= 1
             continue
-        break
-    if args.command != "export":
-        print_report(args.command, report, args.json)
-    elif report.get("output_closed"):
-        pass  # the reader stopped reading: nothing more to say, as cat says nothing
-    elif args.json and args.out is None:
-        sys.stderr.write(json.dumps(report) + "\n")
-    elif args.json:
-        print_report(args.command, report, True)
-    else:
-        sys.stderr.write(export_notice(report, args.out) + "\n")
-    return code
+        return result
 
 
 def _env_has_keys() -> bool:
@@ -182,6 +256,8 @@ def _command(args: argparse.Namespace) -> int:
 def _interrupted(command: str) -> str:
     if command in ("purge", "rotate", "encrypt"):
         return "interrupted; every finished batch is committed, run again to go on"
+    if command == "erase":
+        return "interrupted; every session erased so far is erased, run again to go on"
     return "interrupted"
 
 

@@ -12,12 +12,14 @@ _EPILOG = """\
 keys: from --key-file FILE, else ENCMEM_KEYS ('kid:key,kid:key', primary first), else
 ENCMEM_KEY (one key). Keys never appear in output, logs or errors.
 
-inspect, verify, head, export and every --dry-run only read: they open the store read-only.
+inspect, verify, head, export, every --dry-run and erase --idle-longer-than without --yes
+only read: they open the store (and a --key-store file) read-only.
 
 exit codes:
   0    success
   1    findings: verify found problems (in items or in a session's history), head met a
-       history that does not verify, or erase was not confirmed
+       history that does not verify, erase was not confirmed, or its residue scan still
+       found copies of an erased session
   2    usage error, an export file that exists or cannot be created, or output (stdout
        or the export file) that cannot be written
   3    key problem: no key, a malformed key, a key id the keys lack, a key that opens none
@@ -25,8 +27,9 @@ exit codes:
   4    store problem: no such file, not a session store, read-only (for a command that
        writes), locked, unreachable, no such session, plaintext or unreadable rows
   5    unexpected error (run with --debug to see the traceback)
-  6    erase deleted the rows, but another reader kept the WAL from being emptied: old
-       copies of the pages remain until `erase --finish` runs after the readers are done
+  6    erase destroyed the seed and deleted the rows, but another reader kept the WAL from
+       being emptied: old copies of the pages remain until `erase --finish` runs after
+       the readers are done
   130  interrupted (purge, rotate, encrypt: every finished batch is committed)
 """
 
@@ -73,6 +76,13 @@ def store_command(
         cmd.add_argument(
             "--key-file", metavar="FILE", help="file with 'kid:key' pairs, one key, or 32 raw bytes"
         )
+    cmd.add_argument(
+        "--key-store",
+        type=out_path,
+        metavar="PATH|URL",
+        help="where the sessions' seeds live when not in the store itself: a SQLite file "
+        "(SQLiteKeyStore) or a database URL (SQLAlchemyKeyStore), as the applications use",
+    )
     return cmd
 
 
@@ -85,6 +95,14 @@ def _add_maintenance_commands(sub: Any) -> None:
         cmd = store_command(sub, name, text)
         if name == "purge":
             cmd.add_argument("--ttl", type=parse_ttl, required=True, help="e.g. 30d, 12h, 600")
+        if name == "rotate":
+            cmd.add_argument(
+                "--shred-ready",
+                action="store_true",
+                help="seal every session's items under a key derived with its seed, so that "
+                "an erase shreds every copy of them, backups too (needs a key store: the "
+                "store's own, or --key-store, whose file is created if it does not exist)",
+            )
         cmd.add_argument("--dry-run", action="store_true", help="count, change nothing")
         cmd.add_argument(
             "--skip-unreadable",
@@ -141,14 +159,29 @@ def _add_session_commands(sub: Any) -> None:
         "--force", action="store_true", help="replace FILE if it exists (it is created anew)"
     )
     erase = store_command(
-        sub, "erase", "delete every row of one session from every table", keys=False
+        sub,
+        "erase",
+        "destroy a session's seed, then delete every row of it from every table, and print "
+        "a receipt",
+        keys=False,
     )
-    erase.add_argument("--session", required=True, metavar="ID", help="the session to erase")
-    erase.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    which = erase.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", metavar="ID", help="the session to erase")
+    which.add_argument(
+        "--idle-longer-than",
+        type=parse_ttl,
+        metavar="DURATION",
+        help="every session with no write for this long (e.g. 30d): listed, or erased with --yes",
+    )
+    erase.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (with --idle-longer-than: erase, not only list)",
+    )
     erase.add_argument(
         "--finish",
         action="store_true",
-        help="complete an erase that exited 6: empty the WAL (deletes nothing more)",
+        help="complete an erase that exited 6: empty the WAL and scan again (deletes nothing more)",
     )
 
 

@@ -13,8 +13,15 @@ _INTERVAL = 0.1
 class ProgressBar:
     """Call with (done, total) as work advances; ``finish()`` ends the line."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, enabled: bool | None = None):
+    def __init__(
+        self,
+        label: str,
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        unit: str = "items",
+    ):
         self.label = label
+        self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self._last = 0.0
@@ -30,7 +37,7 @@ class ProgressBar:
         fraction = done / total if total else 1.0
         filled = int(fraction * _WIDTH)
         bar = "#" * filled + "." * (_WIDTH - filled)
-        self.stream.write(f"\r{self.label}: [{bar}] {done}/{total} items {fraction:4.0%}")
+        self.stream.write(f"\r{self.label}: [{bar}] {done}/{total} {self.unit} {fraction:4.0%}")
         self.stream.flush()
         self._shown = True
 

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from ._diagnosis import plural, sessions_text
+from ._diagnosis import ERASED, NOT_CHAINED, NOT_SHREDDABLE, plural, sessions_text
 from ._export import Output, stdout_is_shared_file
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
@@ -17,6 +17,7 @@ _INSPECT_COLUMNS = (
     "plaintext",
     "sdk_v1",
     "unchained",
+    "unshreddable",
     "expired",
     "unreadable",
     "oldest",
@@ -53,6 +54,8 @@ def _inspect_lines(report: dict[str, Any]) -> list[str]:
     counted = f"{plural(totals['sessions'], 'session')}, {plural(totals['items'], 'item')}"
     if report.get("unchained"):
         counted += f", {report['unchained']} not chained (run encmem rotate)"
+    if report.get("unshreddable"):
+        counted += f", {report['unshreddable']} not shreddable (run encmem rotate)"
     return [*lines, "", f"{counted}{note}"]
 
 
@@ -85,6 +88,15 @@ def _history_line(problem: dict[str, Any]) -> str:
     return f"{where}: {safe(problem['problem'])}: {reason}"
 
 
+_ABOUT_ITEMS = {
+    NOT_CHAINED: " sealed before chains",
+    NOT_SHREDDABLE: " sealed without a seed: an erase cannot shred their copies in backups",
+    ERASED: " sealed under a seed the key store no longer holds (leftovers of an erased "
+    "session, or a restored copy: nothing can decrypt them; or the seeds live in another key "
+    "store: pass --key-store)",
+}
+
+
 def _problem_line(problem: dict[str, Any]) -> str:
     if problem["problem"] in ("missing-key", "wrong-key"):
         return _key_problem_line(problem)
@@ -93,9 +105,10 @@ def _problem_line(problem: dict[str, Any]) -> str:
     if problem["session_id"] is None:  # about the store, not one item
         return safe(problem["problem"])
     if "items" in problem:  # about a session: how many of its items
+        about = _ABOUT_ITEMS.get(problem["problem"], "")
         return (
             f"{safe(problem['session_id'])}: {safe(problem['problem'])}: "
-            f"{plural(problem['items'], 'item')} sealed before chains"
+            f"{plural(problem['items'], 'item')}{about}"
         )
     branch = f" branch {safe(problem['branch_id'])}" if problem["branch_id"] else ""
     return (
@@ -135,6 +148,11 @@ def _maintenance_line(command: str, report: dict[str, Any]) -> str:
             f"; {prefix}chained {plural(report['unchained_sessions'], 'session')} "
             f"({plural(report['unchained'], 'item')} not in a chain before)"
         )
+    if report.get("unshreddable_sessions"):
+        line += (
+            f"; {prefix}made {plural(report['unshreddable_sessions'], 'session')} shreddable "
+            f"({plural(report['unshreddable'], 'item')} sealed without a seed before)"
+        )
     return line
 
 
@@ -154,13 +172,7 @@ def _lines(command: str, report: dict[str, Any]) -> list[str]:
     if command == "head":
         return [_head_line(head) for head in report["heads"]]
     if command == "erase":
-        removed, shown = report["rows_removed"], safe(repr(report["session_id"]))
-        if report.get("finished"):
-            return [
-                f"erase of session {shown} finished: {plural(removed, 'more row')} removed, "
-                "WAL emptied"
-            ]
-        return [f"erased session {shown}: {plural(removed, 'row')} removed, WAL emptied"]
+        return list(report["lines"])
     return []
 
 
@@ -168,7 +180,8 @@ def print_report(command: str, report: dict[str, Any], as_json: bool) -> None:
     """The report on stdout; a reader that stopped reading ends it quietly."""
     out = Output(sys.stdout)
     if as_json:
-        out.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        shown = report["json"] if command == "erase" else report
+        out.write(json.dumps(shown, ensure_ascii=False, indent=2) + "\n")
     else:
         for line in _lines(command, report):
             if not out.write(line + "\n"):
