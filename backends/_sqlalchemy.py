@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from encmem._items import Item, check_session_id, decode_stored, encode_items
-from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, StoredItem
+from encmem._protocol import StoredItem
 from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import MissingTablesError, SessionClosedError
 
@@ -37,7 +38,7 @@ from ._sqlalchemy_engine import (
     release_engine,
     release_unused_engine,
 )
-from ._sqlalchemy_heads import HeadStatements
+from ._sqlalchemy_heads import HeadsOnSQLAlchemy, HeadStatements
 from ._sqlalchemy_key_store import SeedsOnSQLAlchemy
 from ._sqlalchemy_schema import SessionTables, create_tables, missing_tables
 from ._sqlalchemy_statements import SessionStatements
@@ -48,7 +49,7 @@ MAIN = "main"
 """The one branch of a session without branches, under which its head is kept."""
 
 
-class SQLAlchemySession(SeedsOnSQLAlchemy):
+class SQLAlchemySession(HeadsOnSQLAlchemy, SeedsOnSQLAlchemy):
     """Conversation history in any database SQLAlchemy's async engine reaches, one row per item.
 
     It is also the key store of its sessions' seeds (table ``encmem_seeds`` in the same
@@ -263,6 +264,20 @@ class SQLAlchemySession(SeedsOnSQLAlchemy):
         self._check_open()
         return self._engine
 
+    def _seeds(self) -> Table:
+        return self._tables.seeds
+
+    def _create_seeds(self, sync: Any, table: Table) -> None:
+        if self._create_tables:
+            table.create(sync, checkfirst=True)
+        elif not sync.dialect.has_table(sync, table.name):
+            raise MissingTablesError(
+                f"EncryptedSession keeps each session's seed in table {table.name}, which the "
+                f"database lacks; create it once with {type(self).__name__}(..., "
+                "create_tables=True), or apply `encmem schema --url URL`",
+                tables=[table.name],
+            )
+
     @functools.cached_property
     def _heads(self) -> HeadStatements:
         return HeadStatements(self._tables.heads, self._engine.dialect, self.session_id)
@@ -312,88 +327,14 @@ class SQLAlchemySession(SeedsOnSQLAlchemy):
     async def _delete_rows(self, conn: AsyncConnection, branch: str, ids: Sequence[int]) -> int:
         return await self._sql.delete_ids(conn, self.session_id, sorted(set(ids)))
 
+    def _head_statements(self) -> HeadStatements:
+        return self._heads
+
+    async def _replace_pairs(self, conn: AsyncConnection, pairs: list[tuple[int, str]]) -> None:
+        await self._sql.replace_ids(conn, self.session_id, pairs)
+
     async def _head_write(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """One write transaction under the session's writer lock (the session row)."""
         async with self._transaction(write=True) as conn:
             await self._sql.touch_session(conn, self.session_id)
             return await operation(conn)
-
-    async def get_head_and_items(
-        self, limit: int | None = None, *, branch_id: str | None = None
-    ) -> HeadedItems:
-        """The branch's stored head and newest ``limit`` items, as of one moment: the head
-        is read before and after the items, and the read is repeated if it moved."""
-        effective = resolve_limit(limit, self.session_settings)
-        branch = self._head_branch(branch_id)
-        await self._require_heads()
-        heads = self._heads
-        async with self._transaction(write=False) as conn:
-            while True:
-                head = await heads.read(conn, branch)
-                rows = await self._branch_rows(conn, branch, effective) if effective != 0 else []
-                if await heads.read(conn, branch) == head:
-                    others = head is None and await heads.others(conn, branch)
-                    return HeadedItems(branch, head, rows, others)
-
-    async def append_chained(self, build: ChainBuild) -> None:
-        """Append what ``build`` seals after reading the head under the writer lock."""
-        self._check_open()
-        await self._require_heads()
-        branch, heads = self._current_branch(), self._heads
-
-        async def append(conn: AsyncConnection) -> None:
-            head = await heads.read(conn, branch)
-            newest = await self._branch_rows(conn, branch, 1)
-            items, new_head = build(branch, head, lambda: newest[0].item if newest else None)
-            texts = self._encode(items)
-            if texts:
-                await self._append_rows(conn, branch, items, texts)
-            await heads.store(conn, branch, new_head)
-
-        await self._head_write(append)
-
-    async def delete_with_head(
-        self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None
-    ) -> int:
-        """Delete items by id and change the branch's head, in one transaction."""
-        wanted = [int(i) for i in ids]
-        branch = self._current_branch() if branch_id is None else self._head_branch(branch_id)
-        await self._require_heads()
-        heads = self._heads
-
-        async def delete(conn: AsyncConnection) -> int:
-            await heads.change(conn, branch, update)
-            return await self._delete_rows(conn, branch, wanted) if wanted else 0
-
-        return await self._head_write(delete)
-
-    async def update_heads(
-        self, updates: Mapping[str, HeadUpdate], replacements: Mapping[int, Item] | None = None
-    ) -> None:
-        """Replace items in place and the heads of these branches, in one transaction."""
-        pairs = [
-            (int(item_id), text)
-            for item_id, text in zip(
-                (replacements or {}).keys(),
-                self._encode(list((replacements or {}).values())),
-                strict=True,
-            )
-        ]
-        branches = {self._head_branch(branch): update for branch, update in updates.items()}
-        await self._require_heads()
-        heads = self._heads
-
-        async def change(conn: AsyncConnection) -> None:
-            if pairs:
-                await self._sql.replace_ids(conn, self.session_id, pairs)
-            for branch, update in branches.items():
-                await heads.change(conn, branch, update)
-
-        await self._head_write(change)
-
-    async def list_head_branches(self) -> list[str]:
-        """Every branch of the session that has a stored head."""
-        if not await self._has_heads():
-            return []
-        async with self._transaction(write=False) as conn:
-            return await self._heads.branches(conn)

@@ -6,14 +6,20 @@ always changes together with the items it covers.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 from sqlalchemy import String, Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
-from encmem._protocol import HeadUpdate
+from encmem._items import Item
+from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, StoredItem
+from encmem._settings import SessionSettings, resolve_limit
+
+T = TypeVar("T")
 
 
 def _upsert(table: Table, dialect: Dialect, values: dict[str, Any]) -> Executable | None:
@@ -83,3 +89,135 @@ class HeadStatements:
 
     async def clear(self, conn: AsyncConnection) -> None:
         await conn.execute(self._clear)
+
+
+class HeadsOnSQLAlchemy:
+    """The HistoryHead capability of the SQLAlchemy sessions (a mixin): items and their
+    branch's head read as of one moment and written in one transaction."""
+
+    session_id: str
+    session_settings: SessionSettings | None
+
+    # What the session provides (SQLAlchemySession and AdvancedSQLAlchemySession differ).
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _head_statements(self) -> HeadStatements:
+        raise NotImplementedError
+
+    async def _has_heads(self) -> bool:
+        raise NotImplementedError
+
+    async def _require_heads(self) -> None:
+        raise NotImplementedError
+
+    def _transaction(self, *, write: bool) -> AbstractAsyncContextManager[AsyncConnection]:
+        raise NotImplementedError
+
+    def _encode(self, items: Sequence[object]) -> list[str]:
+        raise NotImplementedError
+
+    def _current_branch(self) -> str:
+        raise NotImplementedError
+
+    def _head_branch(self, branch_id: str | None) -> str:
+        raise NotImplementedError
+
+    async def _branch_rows(
+        self, conn: AsyncConnection, branch: str, limit: int | None
+    ) -> list[StoredItem]:
+        raise NotImplementedError
+
+    async def _append_rows(
+        self, conn: AsyncConnection, branch: str, items: Sequence[Item], texts: list[str]
+    ) -> None:
+        raise NotImplementedError
+
+    async def _delete_rows(self, conn: AsyncConnection, branch: str, ids: Sequence[int]) -> int:
+        raise NotImplementedError
+
+    async def _replace_pairs(self, conn: AsyncConnection, pairs: list[tuple[int, str]]) -> None:
+        raise NotImplementedError
+
+    async def _head_write(self, operation: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        raise NotImplementedError
+
+    async def get_head_and_items(
+        self, limit: int | None = None, *, branch_id: str | None = None
+    ) -> HeadedItems:
+        """The branch's stored head and newest ``limit`` items, as of one moment: the head
+        is read before and after the items, and the read is repeated if it moved."""
+        effective = resolve_limit(limit, self.session_settings)
+        branch = self._head_branch(branch_id)
+        await self._require_heads()
+        heads = self._head_statements()
+        async with self._transaction(write=False) as conn:
+            while True:
+                head = await heads.read(conn, branch)
+                rows = await self._branch_rows(conn, branch, effective) if effective != 0 else []
+                if await heads.read(conn, branch) == head:
+                    others = head is None and await heads.others(conn, branch)
+                    return HeadedItems(branch, head, rows, others)
+
+    async def append_chained(self, build: ChainBuild) -> None:
+        """Append what ``build`` seals after reading the head under the writer lock."""
+        self._check_open()
+        await self._require_heads()
+        branch, heads = self._current_branch(), self._head_statements()
+
+        async def append(conn: AsyncConnection) -> None:
+            head = await heads.read(conn, branch)
+            newest = await self._branch_rows(conn, branch, 1)
+            items, new_head = build(branch, head, lambda: newest[0].item if newest else None)
+            texts = self._encode(items)
+            if texts:
+                await self._append_rows(conn, branch, items, texts)
+            await heads.store(conn, branch, new_head)
+
+        await self._head_write(append)
+
+    async def delete_with_head(
+        self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None
+    ) -> int:
+        """Delete items by id and change the branch's head, in one transaction."""
+        wanted = [int(i) for i in ids]
+        branch = self._current_branch() if branch_id is None else self._head_branch(branch_id)
+        await self._require_heads()
+        heads = self._head_statements()
+
+        async def delete(conn: AsyncConnection) -> int:
+            await heads.change(conn, branch, update)
+            return await self._delete_rows(conn, branch, wanted) if wanted else 0
+
+        return await self._head_write(delete)
+
+    async def update_heads(
+        self, updates: Mapping[str, HeadUpdate], replacements: Mapping[int, Item] | None = None
+    ) -> None:
+        """Replace items in place and the heads of these branches, in one transaction."""
+        pairs = [
+            (int(item_id), text)
+            for item_id, text in zip(
+                (replacements or {}).keys(),
+                self._encode(list((replacements or {}).values())),
+                strict=True,
+            )
+        ]
+        branches = {self._head_branch(branch): update for branch, update in updates.items()}
+        await self._require_heads()
+        heads = self._head_statements()
+
+        async def change(conn: AsyncConnection) -> None:
+            if pairs:
+                await self._replace_pairs(conn, pairs)
+            for branch, change in branches.items():
+                await heads.change(conn, branch, change)
+
+        await self._head_write(change)
+
+    async def list_head_branches(self) -> list[str]:
+        """Every branch of the session that has a stored head."""
+        if not await self._has_heads():
+            return []
+        async with self._transaction(write=False) as conn:
+            return await self._head_statements().branches(conn)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, delete, func, select, update
+from sqlalchemy import MetaData, Table, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,27 +19,21 @@ from encmem.errors import SessionClosedError
 
 from ._residue import checkpoint_truncate
 from ._sqlalchemy_engine import acquire_engine, check_async_engine, engine_state, release_engine
-from ._sqlalchemy_schema import advisory_key
+from ._sqlalchemy_schema import advisory_key, seeds_table
 
 SEEDS = "encmem_seeds"
-_metadata = MetaData()
-seeds_table = Table(
-    SEEDS,
-    _metadata,
-    Column("session_id", String, primary_key=True),
-    Column("seed_id", String, nullable=False),
-    Column("kid", String, nullable=False),
-    Column("sealed", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), server_default=func.current_timestamp()),
-)
+"""The seeds table of a key store of its own; a session store's is ``<messages_table>_seeds``."""
 
 
-async def _vacuum_or_checkpoint(engine: AsyncEngine) -> bool:
+_OWN = seeds_table(SEEDS, MetaData())
+
+
+async def _vacuum_or_checkpoint(engine: AsyncEngine, table: str) -> bool:
     """Remove what a delete left of the seeds table's old rows; False when that could not."""
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await auto.exec_driver_sql(f"VACUUM {SEEDS}")
+            await auto.exec_driver_sql(f"VACUUM {table}")
             return True
         if engine.dialect.name == "sqlite":
             return bool(
@@ -56,23 +50,31 @@ class SeedsOnSQLAlchemy:
     def _seed_engine(self) -> AsyncEngine:
         raise NotImplementedError
 
+    def _seeds(self) -> Table:
+        return _OWN
+
     async def _seeds_ready(self) -> AsyncEngine:
-        engine = self._seed_engine()
+        engine, table = self._seed_engine(), self._seeds()
         state = engine_state(engine)
-        if (SEEDS,) not in state.ready:
+        if ("seeds", table.name) not in state.ready:
             async with state.lock("schema"), engine.begin() as conn:
                 if engine.dialect.name == "postgresql":
                     # Creators in other processes take turns (CREATE ... IF NOT EXISTS still
                     # races on the catalog's unique index).
-                    await conn.execute(select(func.pg_advisory_xact_lock(advisory_key(SEEDS))))
-                await conn.run_sync(lambda sync: seeds_table.create(sync, checkfirst=True))
-            state.ready.add((SEEDS,))
+                    key = advisory_key(table.name)
+                    await conn.execute(select(func.pg_advisory_xact_lock(key)))
+                await conn.run_sync(lambda sync: self._create_seeds(sync, table))
+            state.ready.add(("seeds", table.name))
         return engine
+
+    def _create_seeds(self, sync: Any, table: Table) -> None:
+        """Create the seeds table if it is missing (a key store creates its own)."""
+        table.create(sync, checkfirst=True)
 
     async def get_seed(self, session_id: str) -> StoredSeed | None:
         """The session's seed, or None when it has none."""
         check_session_id(session_id)
-        t = seeds_table
+        t = self._seeds()
         engine = await self._seeds_ready()
         async with engine.connect() as conn:
             row = (
@@ -89,7 +91,7 @@ class SeedsOnSQLAlchemy:
         engine = await self._seeds_ready()
         try:
             async with engine.begin() as conn:
-                await conn.execute(seeds_table.insert().values(**values))
+                await conn.execute(self._seeds().insert().values(**values))
         except IntegrityError:
             pass  # another writer kept its seed first: that one is the session's
         kept = await self.get_seed(session_id)
@@ -98,7 +100,7 @@ class SeedsOnSQLAlchemy:
 
     async def replace_seed(self, session_id: str, seed: StoredSeed) -> None:
         """Re-seal the session's seed under another key (same seed id)."""
-        t = seeds_table
+        t = self._seeds()
         engine = await self._seeds_ready()
         async with engine.begin() as conn:
             await conn.execute(
@@ -111,19 +113,17 @@ class SeedsOnSQLAlchemy:
         """Delete the seed, committed, then VACUUM (PostgreSQL) or empty the WAL (SQLite)."""
         engine = await self._seeds_ready()
         async with engine.begin() as conn:
-            result = await conn.execute(
-                delete(seeds_table).where(seeds_table.c.session_id == session_id)
-            )
-        cleaned = await _vacuum_or_checkpoint(engine)
+            t = self._seeds()
+            result = await conn.execute(delete(t).where(t.c.session_id == session_id))
+        cleaned = await _vacuum_or_checkpoint(engine, self._seeds().name)
         return SeedDestruction(result.rowcount > 0, not cleaned)
 
     async def seed_session_ids(self) -> list[str]:
         """Every session that has a seed, sorted."""
         engine = await self._seeds_ready()
         async with engine.connect() as conn:
-            rows = await conn.execute(
-                select(seeds_table.c.session_id).order_by(seeds_table.c.session_id)
-            )
+            t = self._seeds()
+            rows = await conn.execute(select(t.c.session_id).order_by(t.c.session_id))
             return [str(row[0]) for row in rows]
 
 

@@ -58,6 +58,19 @@ def advisory_key(*names: str) -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
+def seeds_table(name: str, metadata: MetaData) -> Table:
+    """A seeds table called ``name`` in ``metadata``."""
+    return Table(
+        name,
+        metadata,
+        Column("session_id", String, primary_key=True),
+        Column("seed_id", String, nullable=False),
+        Column("kid", String, nullable=False),
+        Column("sealed", Text, nullable=False),
+        _timestamp("created_at"),
+    )
+
+
 class SessionTables:
     """The sessions and messages tables (and the messages index) under validated names."""
 
@@ -96,6 +109,8 @@ class SessionTables:
             self.messages.c.session_id,
             self.messages.c.id,
         )
+        # EncryptedSession's seeds (crypto-shredding), kept in the session store by default.
+        self.seeds = seeds_table(f"{messages_table}_seeds", metadata)
         # EncryptedSession's history heads: one opaque text per session and branch.
         self.heads = Table(
             f"{messages_table}_heads",
@@ -117,6 +132,7 @@ class SessionTables:
             CreateTable(self.messages, if_not_exists=True),
             CreateIndex(self.index, if_not_exists=True),
             CreateTable(self.heads, if_not_exists=True),
+            CreateTable(self.seeds, if_not_exists=True),
         ]
 
 

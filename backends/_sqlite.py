@@ -27,6 +27,7 @@ from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import SessionClosedError
 
 from . import _heads as heads
+from . import _seed_table as seed_table
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
 from ._residue import wipe_residue
@@ -101,6 +102,7 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
             )""",
             f"CREATE INDEX IF NOT EXISTS idx_{m}_session_id ON {m} (session_id, id)",
             heads.statement(s, m),
+            seed_table.statement(f"{m}_seeds"),
         ]
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
@@ -114,6 +116,9 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
 
     async def _seed_connection(self) -> connections.SharedConnection:
         return await self._connection()
+
+    def _seeds_table(self) -> str:
+        return f"{self.messages_table}_seeds"
 
     def _check_open(self) -> None:
         if self._closed:

@@ -29,39 +29,46 @@ class SeedsOnSQLite:
     async def _seed_connection(self) -> connections.SharedConnection:
         raise NotImplementedError
 
+    def _seeds_table(self) -> str:
+        return table.SEEDS
+
     async def _seed_job(self, job: Callable[[sqlite3.Connection], T]) -> T:
         shared = await self._seed_connection()
-        if ("seeds",) not in shared.schemas and not shared.read_only:
-            await shared.run(lambda conn: connections.immediate(conn, _create))
-            shared.schemas.add(("seeds",))
+        name = self._seeds_table()
+        if ("seeds", name) not in shared.schemas and not shared.read_only:
+            create = table.statement(name)
+            await shared.run(lambda conn: connections.immediate(conn, lambda c: c.execute(create)))
+            shared.schemas.add(("seeds", name))
         return await shared.run(job)
 
     async def get_seed(self, session_id: str) -> StoredSeed | None:
         """The session's seed, or None when it has none."""
         check_session_id(session_id)
-        return await self._seed_job(lambda conn: table.get(conn, session_id))
+        name = self._seeds_table()
+        return await self._seed_job(lambda conn: table.get(conn, name, session_id))
 
     async def put_seed(self, session_id: str, seed: StoredSeed) -> StoredSeed:
         """Keep ``seed`` unless the session has one already; return the one kept."""
         check_session_id(session_id)
-        return await self._seed_job(lambda conn: table.put(conn, session_id, seed))
+        name = self._seeds_table()
+        return await self._seed_job(lambda conn: table.put(conn, name, session_id, seed))
 
     async def replace_seed(self, session_id: str, seed: StoredSeed) -> None:
         """Re-seal the session's seed under another key (same seed id)."""
-        await self._seed_job(lambda conn: table.replace(conn, session_id, seed))
+        name = self._seeds_table()
+        await self._seed_job(lambda conn: table.replace(conn, name, session_id, seed))
 
     async def destroy_seed(self, session_id: str) -> SeedDestruction:
         """Delete the seed: committed, its page overwritten, the WAL emptied when it can be."""
-        shared = await self._seed_connection()
-        return await self._seed_job(lambda conn: table.destroy(conn, session_id, shared.is_file))
+        shared, name = await self._seed_connection(), self._seeds_table()
+        return await self._seed_job(
+            lambda conn: table.destroy(conn, name, session_id, shared.is_file)
+        )
 
     async def seed_session_ids(self) -> list[str]:
         """Every session that has a seed, sorted."""
-        return await self._seed_job(table.session_ids)
-
-
-def _create(conn: sqlite3.Connection) -> None:
-    conn.execute(table.STATEMENT)
+        name = self._seeds_table()
+        return await self._seed_job(lambda conn: table.session_ids(conn, name))
 
 
 class SQLiteKeyStore(SeedsOnSQLite):

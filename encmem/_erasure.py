@@ -118,7 +118,8 @@ async def erase_session(
         residue_pending=pending or bool(destroyed and destroyed.residue_pending),
         residue=residue,
         session_id_hits=None if hits is None else hits[0],
-        ciphertext_hits=None if hits is None else hits[1],
+        # No rows left to take tokens from (an erase finished later): nothing to look for.
+        ciphertext_hits=None if hits is None or not tokens else hits[1],
         encmem_version=__version__,
         notes=notes,
     )

@@ -198,12 +198,12 @@ async def _reseal(
     seal time and its exact sealed text (so every link of the chain stays)."""
     source, branches = await _branches(session, "rotate_keys()")
     kid = session.keyring.primary_kid
-    seed = None if dry_run else await session._seeds.for_writing()
-    seed_id = None if seed is None else seed[0]
-    key = session.keyring.session_key(kid, session.session_id, None if seed is None else seed[1])
-    assert key is not None
     opener = await _opener(session)
     shreddable = session._seeds.store is not None
+    # The session's seed as it is; one is made only when an item is actually re-sealed (an
+    # erased session's restored leftovers must not get a new seed).
+    known = [(sid, raw) for sid, raw in (opener.seeds or {}).items() if isinstance(raw, bytes)]
+    seed: tuple[str, bytes] | None = known[0] if known else None
     result = MaintenanceResult()
     reached: set[int] = set()
     async for _, batch in walk(branches, _check_batch(batch_size), reached):
@@ -211,6 +211,7 @@ async def _reseal(
         for stored in batch:
             result.examined += 1
             obj = stored.item
+            seed_id = None if seed is None else seed[0]
             if not isinstance(obj, CorruptRow) and _current(obj, kid, shreddable, seed_id):
                 result.unchanged += 1
                 continue
@@ -221,8 +222,15 @@ async def _reseal(
                 _unreadable(session, exc, stored)
                 continue
             assert isinstance(obj, dict)
+            if seed is None and shreddable and not dry_run:
+                seed = await session._seeds.for_writing()
+            raw = None if seed is None else seed[1]
+            key = session.keyring.session_key(kid, session.session_id, raw)
+            assert key is not None
             sealed_text = opener.sealed_plaintext(obj, opened)
-            replacements[stored.id] = reseal(key, kid, opened, sealed_text, seed_id)
+            replacements[stored.id] = reseal(
+                key, kid, opened, sealed_text, None if seed is None else seed[0]
+            )
         if replacements:
             result.changed += (
                 len(replacements) if dry_run else await source.replace_stored_items(replacements)
@@ -241,8 +249,7 @@ def _current(obj: Item, kid: str, shreddable: bool, seed_id: str | None) -> bool
         return False
     if not shreddable:
         return version == FORMAT_VERSION
-    # In a dry run the seed is not made: any seeded item counts as current.
-    return version == SHREDDABLE_VERSION and (seed_id is None or obj.get("seed") == seed_id)
+    return version == SHREDDABLE_VERSION and obj.get("seed") == seed_id
 
 
 async def rotate(

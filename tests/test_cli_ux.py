@@ -419,7 +419,8 @@ def test_the_documented_key_derivation_opens_a_stored_item(tmp_path: Path) -> No
         return Fernet(base64.urlsafe_b64encode(derived))
 
     with sqlite3.connect(store) as conn:
-        seed_id, sealed = conn.execute("SELECT seed_id, sealed FROM encmem_seeds").fetchone()
+        found = conn.execute("SELECT seed_id, sealed FROM agent_messages_seeds").fetchone()
+    seed_id, sealed = found
     opened = hkdf(None, b"encmem.seed-key.v1" + bound).decrypt(sealed)
     assert opened[:16] == seed_id.encode() and json.loads(data)["seed"] == seed_id
     session_key = hkdf(opened[16:], b"encmem.shreddable-session-key.v1" + bound)

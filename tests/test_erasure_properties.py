@@ -204,13 +204,6 @@ def test_longer_runs_on_both_sqlite_backends(kind: str, ops: list[tuple[Any, ...
 
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rotate_store (rotate_keys) gives an erased session a new seed when it meets its "
-    "restored rows, though it re-seals none of them: the leftovers then raise "
-    "TamperedItemError ('moved from another session') instead of SessionErasedError, and the "
-    "next erase reports seed_destroyed=True for a seed that sealed nothing",
-)
 async def test_rotating_restored_leftovers_keeps_them_reported_as_erased(tmp_path: Path) -> None:
     """The shortest run the property above found: backup, erase, restore, rotate."""
     async with SQLiteKeyStore(tmp_path / "keys.db") as key_store:

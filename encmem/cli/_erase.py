@@ -25,7 +25,6 @@ from ._report import safe
 EXIT_OK = 0
 EXIT_PENDING = 6
 EXIT_INTERRUPTED = 130
-SEEDS_TABLE = "encmem_seeds"
 SAME_STORE = "the session store"
 
 Report = dict[str, Any]
@@ -70,7 +69,7 @@ def _rows(receipt: Report) -> tuple[int, str]:
     its row (the receipt counts it as the seed destroyed): it is counted with the rows."""
     rows = dict(receipt["rows_removed"])
     if receipt["seed_destroyed"] and receipt["key_store"] == SAME_STORE:
-        rows[SEEDS_TABLE] = rows.get(SEEDS_TABLE, 0) + 1
+        rows["seed"] = rows.get("seed", 0) + 1
     per_table = ", ".join(f"{safe(table)} {count}" for table, count in rows.items())
     return sum(rows.values()), per_table
 
@@ -90,13 +89,15 @@ def _copies(count: int) -> str:
 
 def _scan(receipt: Report) -> str:
     ids, tokens = receipt["session_id_hits"], receipt["ciphertext_hits"]
-    if tokens is None:
+    if tokens is None and ids is None:
         return "no residue scan (the store is not a file this command can read byte by byte)"
     found = (
         "the session id is too short to look for"
         if ids is None
         else f"{_copies(ids)} of the session id"
     )
+    if tokens is None:
+        return f"residue scan: {found}; no rows were left to take its ciphertexts from"
     return f"residue scan: {found}, {tokens} of its ciphertexts"
 
 
