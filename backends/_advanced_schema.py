@@ -22,6 +22,13 @@ USAGE = "turn_usage"
 BRANCHES = "session_branches"
 
 
+def erasable_tables(sessions: str, messages: str, advanced: bool) -> list[str]:
+    """The tables of one table set that hold a session's rows (what an erase reaches; an
+    application's own tables with a session_id column are left alone)."""
+    own = [sessions, messages, f"{messages}_heads", f"{messages}_seeds"]
+    return own + ([STRUCTURE, USAGE, BRANCHES] if advanced else [])
+
+
 def statements(sessions: str, messages: str) -> list[str]:
     """CREATE statements (idempotent) for the advanced tables and their indexes."""
     return [

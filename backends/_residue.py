@@ -91,11 +91,12 @@ def _session_tables(conn: sqlite3.Connection) -> list[str]:
 
 
 def delete_session_rows(
-    conn: sqlite3.Connection, session_id: str, sessions_table: str
+    conn: sqlite3.Connection, session_id: str, sessions_table: str, candidates: list[str]
 ) -> dict[str, int]:
-    """Delete the session's rows from every table (inside the caller's transaction); the
-    rows removed per table, counted first (ON DELETE CASCADE hides rows from rowcounts)."""
-    tables = _session_tables(conn)
+    """Delete the session's rows from the ``candidates`` that exist and have a session_id
+    column (inside the caller's transaction); the rows removed per table, counted first
+    (ON DELETE CASCADE hides rows from rowcounts)."""
+    tables = [table for table in _session_tables(conn) if table in candidates]
     removed = {
         table: int(
             conn.execute(

@@ -267,6 +267,9 @@ class SQLAlchemySession(HeadsOnSQLAlchemy, SeedsOnSQLAlchemy):
     def _seeds(self) -> Table:
         return self._tables.seeds
 
+    async def _before_seeds(self) -> None:
+        await self._ensure_ready()
+
     def _create_seeds(self, sync: Any, table: Table) -> None:
         if self._create_tables:
             table.create(sync, checkfirst=True)

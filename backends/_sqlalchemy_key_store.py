@@ -53,7 +53,11 @@ class SeedsOnSQLAlchemy:
     def _seeds(self) -> Table:
         return _OWN
 
+    async def _before_seeds(self) -> None:
+        """What must hold before the seeds table is used (a session: its own tables)."""
+
     async def _seeds_ready(self) -> AsyncEngine:
+        await self._before_seeds()
         engine, table = self._seed_engine(), self._seeds()
         state = engine_state(engine)
         if ("seeds", table.name) not in state.ready:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InvalidRequestError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,7 +21,7 @@ from encmem._items import is_valid_session_id
 from encmem._protocol import ErasedRows
 from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
 
-from ._advanced_schema import STRUCTURE
+from ._advanced_schema import STRUCTURE, erasable_tables
 from ._identifiers import check_table_name
 from ._pg_url import asyncpg_options
 from ._residue import WAL_PENDING, checkpoint_truncate, scan_files
@@ -113,6 +113,17 @@ class SQLAlchemySessionStore:
         self.advanced = False
         self._sessions: list[SQLAlchemySession] = []
 
+    async def _structure_is_ours(self) -> bool:
+        """Whether ``message_structure`` belongs to this store's messages table (its foreign
+        key points there): another table set of the same database may have it."""
+
+        def refers(sync: Any) -> bool:
+            keys = inspect(sync).get_foreign_keys(STRUCTURE)
+            return any(key.get("referred_table") == self.messages_table for key in keys)
+
+        async with self.engine.connect() as conn:
+            return bool(await conn.run_sync(refers))
+
     async def check(self) -> SQLAlchemySessionStore:
         """Fail with a clear error unless the database holds the session tables."""
         try:
@@ -124,7 +135,7 @@ class SQLAlchemySessionStore:
                 f"cannot connect to {self._shown} ({_unreachable(exc)}); check the URL and that "
                 "the server is running"
             ) from None
-        self.advanced = STRUCTURE not in missing
+        self.advanced = STRUCTURE not in missing and await self._structure_is_ours()
         missing = [name for name in missing if name != STRUCTURE]
         if missing:
             await self.engine.dispose()
@@ -181,7 +192,8 @@ class SQLAlchemySessionStore:
         leaves behind: SQLite's WAL is emptied, PostgreSQL's tables are VACUUMed."""
         if self.read_only:
             raise StoreError("the store was opened read-only; nothing was erased")
-        tables = await tables_with_session_id(self.engine)
+        own = erasable_tables(self.sessions_table, self.messages_table, self.advanced)
+        tables = [name for name in await tables_with_session_id(self.engine) if name in own]
         ordered = sorted(tables, key=lambda name: name == self.sessions_table)
         removed: dict[str, int] = {}
         async with self.engine.begin() as conn:

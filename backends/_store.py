@@ -221,10 +221,11 @@ class SQLiteSessionStore:
         if self.read_only:
             raise StoreError(f"{self._shown} was opened read-only; nothing was erased")
         sessions = self.sessions_table
+        own = schema.erasable_tables(sessions, self.messages_table, self.advanced)
 
         def erase(conn: sqlite3.Connection) -> ErasedRows:
             removed = connections.immediate(
-                conn, lambda conn: delete_session_rows(conn, session_id, sessions)
+                conn, lambda conn: delete_session_rows(conn, session_id, sessions, own)
             )
             emptied = wipe_residue(conn)
             return ErasedRows(removed, not emptied, "WAL emptied" if emptied else WAL_PENDING)

@@ -34,7 +34,11 @@ _APPEND_LOCKS: weakref.WeakValueDictionary[tuple[int, str], asyncio.Lock] = (
 def _append_lock(session_id: str) -> asyncio.Lock:
     """One lock per session id and event loop: appends to a session without heads read its
     newest item first, so in one process they must take turns, whichever objects they use."""
-    key = (id(asyncio.get_running_loop()), session_id)
+    try:
+        loop: object = asyncio.get_running_loop()
+    except RuntimeError:  # driven by hand, without a loop: nothing else can interleave
+        loop = None
+    key = (id(loop), session_id)
     lock = _APPEND_LOCKS.get(key)
     if lock is None:
         lock = _APPEND_LOCKS[key] = asyncio.Lock()

@@ -356,8 +356,8 @@ def test_commands_work_on_a_postgresql_url() -> None:
             f"pg 1-{i}" for i in range(3)
         ]
         erased = run("erase", url, *flags, "--session", "pg-0", "--yes")
-        # 3 items, the session row and its history head
-        assert erased.returncode == 0 and "5 rows" in erased.stdout
+        # 3 items, the session row, its history head and its seed
+        assert erased.returncode == 0 and "6 rows" in erased.stdout
         wrong = run("purge", url, *flags, "--ttl", "1s", keys=f"other:{generate_key()}")
         assert wrong.returncode == 3
         assert len(run_sync(url, f"SELECT id FROM {tables['messages_table']}")) == 3

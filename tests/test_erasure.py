@@ -190,12 +190,6 @@ async def test_same_store_seeds_shred_the_live_file_but_not_its_backups(
         assert await read(kind, live, session_id, None) == contents(session_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="erase_session deletes the session's rows from every table of the database that "
-    "has a session_id column, the application's own tables (an audit log, a billing table, "
-    "a copy kept aside) included, not only the tables of encmem's sessions",
-)
 async def test_an_erase_leaves_the_applications_own_tables_alone(tmp_path: Path) -> None:
     live = tmp_path / "store.db"
     await fill("sqlite", live, None)

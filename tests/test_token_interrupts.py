@@ -123,7 +123,7 @@ def test_interrupted_seals_never_store_a_wrong_token() -> None:
     for envelope in inner.rows:
         plaintext = fernet.decrypt(envelope["payload"])  # stock Fernet, no ttl
         try:
-            item = json.loads(plaintext)
+            item = json.loads(plaintext)["item"]  # sealed with its place in the chain
             tag = f"note-{item['n']}"
             assert item == attempted[tag]
         except (ValueError, KeyError, TypeError, AssertionError):
