@@ -3,6 +3,7 @@ SECURITY.md's table promises there, detected and not detected, attack by attack.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -120,3 +121,34 @@ async def test_an_anchor_catches_what_the_head_would(tmp_path: Path) -> None:
     with pytest.raises(HistoryTamperedError) as caught:
         await reopened(path).verify_history(anchor=anchor)
     assert caught.value.kind == "head mismatch"
+
+
+async def test_a_foreign_session_is_shredded_through_an_explicit_key_store(tmp_path: Path) -> None:
+    from encmem.backends import SQLiteKeyStore
+
+    from encmem import SessionErasedError
+
+    path = tmp_path / "sdk.db"
+    async with SQLiteKeyStore(tmp_path / "keys.db") as keys:
+        session = EncryptedSession(
+            underlying_session=agents.SQLiteSession("s", str(path)),
+            encryption_key=KEY,
+            key_store=keys,
+        )
+        await session.add_items([{"role": "user", "content": "forget me"}])
+        kept = rows(path)
+        assert [json.loads(data)["v"] for _, data in kept] == [4]  # under the session's seed
+        await session.clear_session()  # the seed goes first
+        insert = "INSERT INTO agent_messages (id, session_id, message_data) VALUES (?, 's', ?)"
+        for row_id, data in kept:  # a backup's copy comes back
+            sql(path, insert, (row_id, data))
+        with pytest.raises(SessionErasedError):
+            await reopened_with(path, keys).get_items()
+
+
+def reopened_with(path: Path, keys: object) -> EncryptedSession:
+    return EncryptedSession(
+        underlying_session=agents.SQLiteSession("s", str(path)),
+        encryption_key=KEY,
+        key_store=keys,  # type: ignore[arg-type]
+    )
