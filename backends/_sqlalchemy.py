@@ -23,7 +23,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from encmem._items import Item, check_session_id, decode_stored, encode_items
+from encmem._items import (
+    Item,
+    check_session_id,
+    decode_stored,
+    encode_envelopes,
+    encode_items,
+)
 from encmem._protocol import StoredItem
 from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import MissingTablesError, SessionClosedError
@@ -172,9 +178,10 @@ class SQLAlchemySession(HeadsOnSQLAlchemy, SeedsOnSQLAlchemy):
         async with self._state.transaction(self._engine, write=write) as conn:
             yield conn
 
-    def _encode(self, items: Sequence[object]) -> list[str]:
-        """Validate every item, then return the texts to store (the SDK's ASCII JSON if asked)."""
-        texts = encode_items(items)
+    def _encode(self, items: Sequence[object], *, built: bool = False) -> list[str]:
+        """Validate every item (unless encmem ``built`` them: envelopes), then return the
+        texts to store (the SDK's ASCII JSON if asked)."""
+        texts = encode_envelopes(items) if built else encode_items(items)
         if not self._ensure_ascii:
             return texts
         # ASCII text is already what an escaping encoder writes (as sealed items nearly always are).

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
 from encmem._items import Item
-from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, StoredItem
+from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, SeedChanged, StoredItem
 from encmem._settings import SessionSettings, resolve_limit
 
 T = TypeVar("T")
@@ -114,11 +114,24 @@ class HeadsOnSQLAlchemy:
     def _transaction(self, *, write: bool) -> AbstractAsyncContextManager[AsyncConnection]:
         raise NotImplementedError
 
-    def _encode(self, items: Sequence[object]) -> list[str]:
+    def _encode(self, items: Sequence[object], *, built: bool = False) -> list[str]:
         raise NotImplementedError
 
     def _current_branch(self) -> str:
         raise NotImplementedError
+
+    def _seeds(self) -> Table:
+        raise NotImplementedError
+
+    async def _hold_seed(self, conn: AsyncConnection, seed_id: str) -> None:
+        """SeedChanged unless ``seed_id`` is the session's seed; on PostgreSQL its row stays
+        locked (FOR SHARE) until the append commits, so an erase waits for the append."""
+        t = self._seeds()
+        query = select(t.c.seed_id).where(t.c.session_id == self.session_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        if (await conn.execute(query)).scalar() != seed_id:
+            raise SeedChanged
 
     def _head_branch(self, branch_id: str | None) -> str:
         raise NotImplementedError
@@ -159,17 +172,21 @@ class HeadsOnSQLAlchemy:
                     others = head is None and await heads.others(conn, branch)
                     return HeadedItems(branch, head, rows, others)
 
-    async def append_chained(self, build: ChainBuild) -> None:
-        """Append what ``build`` seals after reading the head under the writer lock."""
+    async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:
+        """Append what ``build`` seals after reading the head under the writer lock (and,
+        given a ``seed_id``, checking that the session's seed is still that one)."""
         self._check_open()
         await self._require_heads()
         branch, heads = self._current_branch(), self._head_statements()
 
         async def append(conn: AsyncConnection) -> None:
+            if seed_id is not None:
+                await self._hold_seed(conn, seed_id)
             head = await heads.read(conn, branch)
-            newest = await self._branch_rows(conn, branch, 1)
+            # build asks for the newest item only when the branch has no head yet
+            newest = await self._branch_rows(conn, branch, 1) if head is None else []
             items, new_head = build(branch, head, lambda: newest[0].item if newest else None)
-            texts = self._encode(items)
+            texts = self._encode(items, built=True)
             if texts:
                 await self._append_rows(conn, branch, items, texts)
             await heads.store(conn, branch, new_head)

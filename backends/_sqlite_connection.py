@@ -3,174 +3,34 @@
 Each operation is one job on the connection's thread (a whole transaction, never split across
 awaits), so sessions that share a file never interleave statements, the event loop is never
 blocked, and a thousand sessions on one file cost one thread rather than a thousand. The thread
-is a daemon, so a session nobody closed never holds up interpreter exit. Results go back to the
-caller's own event loop, and are dropped when that loop has closed meanwhile: nobody waits then.
-A process forked from ours opens its own connection instead of using the parent's thread. An
-in-memory database is private to the session that opened it, as in the Agents SDK.
+is a daemon, so a session nobody closed never holds up interpreter exit. A process forked from
+ours opens its own connection instead of using the parent's thread. An in-memory database is
+private to the session that opened it, as in the Agents SDK.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import queue
 import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-from encmem.errors import SessionClosedError
+from encmem.errors import SessionClosedError, StoreError
+
+from ._sqlite_worker import CLOSED_MESSAGE, Worker
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_SECONDS = 30.0
 """How long a write waits for another process's lock before 'database is locked' is raised."""
 
-_CLOSED_MESSAGE = "the session is closed; open a new one"
-
-
-def _notify(loop: asyncio.AbstractEventLoop, settle: Callable[[], None]) -> None:
-    """Run ``settle`` on ``loop`` from the worker thread, unless the loop has closed."""
-    if loop.is_closed():
-        return
-    with contextlib.suppress(RuntimeError):  # closed between the check and the call
-        loop.call_soon_threadsafe(settle)
-
-
-def _set_result(future: asyncio.Future[T], value: T) -> None:
-    if not future.done():  # a cancelled caller no longer wants the result
-        future.set_result(value)
-
-
-def _set_error(future: asyncio.Future[T], error: BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(error, StopIteration):  # a future cannot hold one
-        wrapped = RuntimeError(f"a SQLite job raised StopIteration: {error!r}")
-        wrapped.__cause__ = error
-        error = wrapped
-    future.set_exception(error)
-
-
-class _Queued(Protocol):
-    def run(self, conn: sqlite3.Connection) -> None: ...
-
-    def fail(self, error: BaseException) -> None: ...
-
-
-class _Job(Generic[T]):
-    """``work(conn)`` to run on the worker thread, and the caller's future for its outcome."""
-
-    __slots__ = ("future", "work")
-
-    def __init__(self, work: Callable[[sqlite3.Connection], T], future: asyncio.Future[T]) -> None:
-        self.work = work
-        self.future = future
-
-    def run(self, conn: sqlite3.Connection) -> None:
-        future = self.future
-        if future.done():  # cancelled while queued: the caller has given up on it
-            return
-        try:
-            value = self.work(conn)
-        except BaseException as error:
-            self.fail(error)
-        else:
-            _notify(future.get_loop(), lambda: _set_result(future, value))
-
-    def fail(self, error: BaseException) -> None:
-        future = self.future
-        _notify(future.get_loop(), lambda: _set_error(future, error))
-
-
-class _Worker:
-    """A daemon thread that opens one sqlite3 connection and runs queued jobs on it, in order.
-
-    A job is refused once the connection failed to open (with that error) or once ``stop()``
-    was called (``SessionClosedError``); jobs queued before ``stop()`` still run first.
-    """
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str) -> None:
-        self.pid = os.getpid()
-        self.ready = False
-        self.failure: BaseException | None = None
-        self._stopping = False
-        self._stopped: asyncio.Future[None] | None = None
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._serve, args=(connect,), name=name, daemon=True)
-        self._thread.start()
-
-    @property
-    def usable(self) -> bool:
-        """False once the open failed, or in a forked child (the thread stayed in the parent)."""
-        return self.failure is None and self.pid == os.getpid()
-
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        with self._lock:
-            if self.failure is not None:
-                raise self.failure.with_traceback(None)
-            if self._stopping:
-                raise SessionClosedError(_CLOSED_MESSAGE)
-            self._jobs.put(_Job(work, future))
-        return await future
-
-    def stop(self, notify: bool = True) -> asyncio.Future[None] | None:
-        """Close the connection after the queued jobs; the future (if a loop runs) says when."""
-        try:
-            loop = asyncio.get_running_loop() if notify else None
-        except RuntimeError:
-            loop = None
-        with self._lock:
-            if self._stopping or self.failure is not None or self.pid != os.getpid():
-                return None
-            self._stopping = True
-            self._stopped = None if loop is None else loop.create_future()
-            self._jobs.put(None)
-        return self._stopped
-
-    def _serve(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        try:
-            # Kept in this frame only, so nothing but this thread ever touches or closes it.
-            conn = connect()
-        except BaseException as error:
-            self._refuse_all(error)
-            return
-        self.ready = True
-        while (job := self._jobs.get()) is not None:
-            job.run(conn)
-        try:
-            conn.close()
-        except BaseException as error:
-            self._report_stopped(error)
-        else:
-            self._report_stopped(None)
-
-    def _refuse_all(self, error: BaseException) -> None:
-        with self._lock:
-            self.failure = error
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.fail(error)
-        self._report_stopped(None)
-
-    def _report_stopped(self, error: BaseException | None) -> None:
-        future = self._stopped
-        if future is None:
-            return
-        if error is None:
-            _notify(future.get_loop(), lambda: _set_result(future, None))
-        else:
-            _notify(future.get_loop(), lambda: _set_error(future, error))
+REREAD_SECONDS = 2.0
+"""How long a read-only connection keeps reopening while a writer changes the files beside it."""
 
 
 class _Executes(Protocol):
@@ -270,7 +130,7 @@ class SharedConnection:
         self.schemas: set[tuple[str, ...]] = set()
         self._connect = _connector(database, is_file, busy_timeout, read_only)
         self._name = f"encmem-sqlite {os.path.basename(key) or ':memory:'}"
-        self._worker: _Worker | None = None
+        self._worker: Worker | None = None
         self._finalizer: weakref.finalize[[bool], SharedConnection] | None = None
         self._closed = False
 
@@ -281,8 +141,24 @@ class SharedConnection:
             await worker.run(_nothing)
 
     async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``job(connection)`` on the worker thread as one unit and return what it returns."""
-        return await self._current_worker().run(job)
+        """Run ``job(connection)`` on the worker thread as one unit and return what it returns.
+
+        A read-only connection opens again and reruns a read that failed while a writer
+        was setting up or taking down the files beside the database (it can do neither).
+        """
+        deadline = time.monotonic() + REREAD_SECONDS
+        while True:
+            worker = self._current_worker()
+            try:
+                return await worker.run(job)
+            except (sqlite3.OperationalError, StoreError) as exc:
+                if not self.read_only or not _passing(exc) or time.monotonic() > deadline:
+                    raise
+            with _lock:
+                if self._worker is worker:
+                    self._worker = None
+            worker.stop(False)
+            await asyncio.sleep(0.01)
 
     def stop(self) -> asyncio.Future[None] | None:
         """Refuse new jobs; close the connection once the queued ones ran. Idempotent."""
@@ -293,16 +169,16 @@ class SharedConnection:
             self._finalizer.detach()
         return worker.stop() if worker is not None else None
 
-    def _current_worker(self) -> _Worker:
+    def _current_worker(self) -> Worker:
         worker = self._worker
         if worker is not None and worker.usable and not self._closed:
             return worker
         with _lock:
             if self._closed:
-                raise SessionClosedError(_CLOSED_MESSAGE)
+                raise SessionClosedError(CLOSED_MESSAGE)
             worker = self._worker
             if worker is None or not worker.usable:
-                worker = self._worker = _Worker(self._connect, self._name)
+                worker = self._worker = Worker(self._connect, self._name)
                 if self._finalizer is not None:
                     self._finalizer.detach()
                 # A connection dropped without stop() (in-memory sessions nobody closed) still
@@ -310,6 +186,20 @@ class SharedConnection:
                 self._finalizer = weakref.finalize(self, worker.stop, False)
                 self._finalizer.atexit = False
             return worker
+
+
+def _passing(exc: Exception) -> bool:
+    """Whether a read-only open or read failed on a state a writer leaves again: a log being
+    set up or recovered, or files beside the database appearing or going as it opened."""
+    if isinstance(exc, StoreError):
+        return True
+    name = str(getattr(exc, "sqlite_errorname", ""))  # Python 3.11 and later
+    if name:
+        # Not a plain SQLITE_READONLY: that is a write this connection refused.
+        return name == "SQLITE_CANTOPEN" or (
+            name.startswith("SQLITE_READONLY_") and name != "SQLITE_READONLY_ROLLBACK"
+        )
+    return "readonly" in str(exc) or "unable to open" in str(exc)
 
 
 def _nothing(conn: sqlite3.Connection) -> None:

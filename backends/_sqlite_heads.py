@@ -11,11 +11,12 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from encmem._items import CorruptRow, Item, encode_items
-from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, StoredItem
+from encmem._items import CorruptRow, Item, encode_envelopes
+from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, SeedChanged, StoredItem
 from encmem._settings import SessionSettings, resolve_limit
 
 from . import _heads as heads
+from . import _seed_table as seed_table
 from . import _sqlite_connection as connections
 
 T = TypeVar("T")
@@ -36,6 +37,9 @@ class HeadsOnSQLite:
         raise NotImplementedError
 
     def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _seeds_table(self) -> str:
         raise NotImplementedError
 
     def _current_branch(self) -> str:
@@ -83,15 +87,20 @@ class HeadsOnSQLite:
 
         return await self._read(lambda conn: connections.snapshot(conn, read))
 
-    async def append_chained(self, build: ChainBuild) -> None:
-        """Append what ``build`` seals after reading the head under the writer lock."""
+    async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:
+        """Append what ``build`` seals after reading the head under the writer lock (and,
+        given a ``seed_id``, checking that the session's seed is still that one)."""
         self._check_open()
         branch = self._current_branch()
 
         def append(conn: sqlite3.Connection) -> None:
+            if seed_id is not None:
+                stored = seed_table.get(conn, self._seeds_table(), self.session_id)
+                if stored is None or stored.seed_id != seed_id:
+                    raise SeedChanged
             head = heads.select(conn, self.messages_table, self.session_id, branch)
             items, new_head = build(branch, head, lambda: self._newest(conn, branch))
-            texts = encode_items(items)
+            texts = encode_envelopes(items)
             if texts:
                 self._append(conn, branch, items, texts)
             heads.store(conn, self.messages_table, self.session_id, branch, new_head)

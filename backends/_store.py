@@ -134,7 +134,8 @@ class SQLiteSessionStore:
     def _uri(self) -> str:
         """The read-only URI, chosen as the connection opens from the files there then."""
         uri, unlocked = read_only_files.read_only_uri(self.path, self._shown)
-        self._unlocked_state = read_only_files.file_state(self.path) if unlocked else None
+        if unlocked and self._unlocked_state is None:  # checked when the store closes
+            self._unlocked_state = read_only_files.file_state(self.path)
         return uri
 
     async def _tables(self) -> set[str]:
@@ -161,6 +162,7 @@ class SQLiteSessionStore:
             if closing is not None:
                 await closing
             await asyncio.sleep(0.005)
+            self._unlocked_state = None
             self._shared = connections.open_read_only(self.path, self._uri, self._busy_timeout)
 
     async def session_ids(self) -> list[str]:

@@ -168,8 +168,12 @@ class HistoryHead(Protocol):
         """The branch's head and its newest ``limit`` items (all when None), one snapshot."""
         ...
 
-    async def append_chained(self, build: ChainBuild) -> None:
-        """Append to the current branch what ``build`` returns, and store its head."""
+    async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:
+        """Append to the current branch what ``build`` returns, and store its head.
+
+        With ``seed_id`` (given when this store keeps the session's seeds too), the append
+        goes ahead only while that is still the session's seed, else raises SeedChanged.
+        """
         ...
 
     async def delete_with_head(
@@ -188,6 +192,11 @@ class HistoryHead(Protocol):
     async def list_head_branches(self) -> list[str]:
         """Every branch of the session that has a stored head."""
         ...
+
+
+class SeedChanged(Exception):
+    """The session's seed is no longer the one an append was sealed under (an erase or a
+    clear elsewhere destroyed it): nothing was written, and the writer asks for the seed."""
 
 
 class StoredSeed(NamedTuple):

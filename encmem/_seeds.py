@@ -73,7 +73,7 @@ class Seeds:
     restored after an erase is still refused by every new reader, which asks the key store.
     """
 
-    __slots__ = ("_current", "_keyring", "_loaded", "session_id", "store")
+    __slots__ = ("_current", "_keyring", "_loaded", "_opened", "_written", "session_id", "store")
 
     def __init__(self, store: KeyStore | None, keyring: Keyring, session_id: str) -> None:
         self.store = store
@@ -81,6 +81,17 @@ class Seeds:
         self.session_id = session_id
         self._loaded = False
         self._current: tuple[str, bytes | DecryptionError] | None = None
+        self._opened: tuple[StoredSeed, bytes] | None = None
+        """The stored seed opened last, and its seed: the same row again needs no decryption."""
+        self._written: tuple[str, bytes] | None = None
+        """The seed this object last wrote with (made or asked for, sealed under the primary)."""
+
+    def _open(self, stored: StoredSeed) -> bytes:
+        if self._opened is not None and self._opened[0] == stored:
+            return self._opened[1]
+        seed = open_seed(self._keyring, self.session_id, stored)
+        self._opened = (stored, seed)
+        return seed
 
     async def load(self, refresh: bool = False) -> SeedMap | None:
         """Seed id -> seed (at most one), None when there is no key store.
@@ -97,27 +108,33 @@ class Seeds:
             self._loaded = True
         return dict([self._current]) if self._current is not None else {}
 
-    async def for_writing(self) -> tuple[str, bytes] | None:
+    async def for_writing(self, remembered: bool = False) -> tuple[str, bytes] | None:
         """The seed new items are sealed with, made and kept now if the session has none.
 
         Asked of the key store at every write, so that a writer never seals new items under
-        a seed another process has destroyed since (an erase, a clear).
+        a seed another process has destroyed since (an erase, a clear); except, with
+        ``remembered``, when this object wrote with a seed before: the caller then has the
+        write itself check that it is still the session's (the key store is the session
+        store, and checks it in the write's transaction).
         """
         if self.store is None:
             return None
+        if remembered and self._written is not None:
+            return self._written
         stored = await self.store.get_seed(self.session_id)
         if stored is None:
             seed_id, seed = new_seed_id(), os.urandom(SEED_BYTES)
             sealed = seal_seed(self._keyring, self.session_id, seed_id, seed)
             stored = await self.store.put_seed(self.session_id, sealed)
-        seed = open_seed(self._keyring, self.session_id, stored)  # a writer must open it
+        seed = self._open(stored)  # a writer must open it
         self._current, self._loaded = (stored.seed_id, seed), True
         if stored.kid != self._keyring.primary_kid:
             # A writer holds the primary key: the seed follows it, so that readers holding
             # only the new key read what is written from now on.
             resealed = seal_seed(self._keyring, self.session_id, stored.seed_id, seed)
             await self.store.replace_seed(self.session_id, resealed)
-        return stored.seed_id, seed
+        self._written = (stored.seed_id, seed)
+        return self._written
 
     async def reseal(self) -> None:
         """Seal the session's seed under the keyring's primary key (rotation), same seed."""
@@ -133,4 +150,4 @@ class Seeds:
     def forget(self) -> None:
         """Ask the key store again next time (after an erase or a clear)."""
         self._loaded = False
-        self._current = None
+        self._current = self._opened = self._written = None

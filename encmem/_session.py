@@ -207,11 +207,11 @@ class EncryptedSession:
             return
         heads = self._caps.heads
         try:
-            seed = await self._seeds.for_writing()
             await self._load_seeds()
             if heads is not None:
-                await heads.append_chained(self._chainer.build(items, texts, seed))
+                await self._chainer.append(heads, self._seeds, items, texts)
             else:
+                seed = await self._seeds.for_writing()
                 session, kwargs = self.underlying_session, self._kwargs(wrapper)
                 await self._chainer.append_unheaded(session, items, texts, seed, kwargs)
         except DecryptionError as exc:

@@ -12,16 +12,24 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._chain import GENESIS, Head, Link, first_link, open_head, seal_head
 from ._envelope import Opened, Opener, seal_link
 from ._items import CorruptRow, Item, encode_items
 from ._keys import Keyring
-from ._protocol import ChainBuild, ForkHead, HeadUpdate, Newest, Session
+from ._protocol import (
+    ChainBuild,
+    ForkHead,
+    HeadUpdate,
+    HistoryHead,
+    Newest,
+    SeedChanged,
+    Session,
+)
 from ._reading import OnInvalid
-from ._seeds import SeedMap
-from .errors import DecryptionError, HistoryTamperedError, PlaintextItemError
+from ._seeds import SeedMap, Seeds
+from .errors import DecryptionError, HistoryTamperedError, PlaintextItemError, StoreError
 
 logger = logging.getLogger("encmem")
 
@@ -44,6 +52,9 @@ def _append_lock(session_id: str) -> asyncio.Lock:
         lock = _APPEND_LOCKS[key] = asyncio.Lock()
     return lock
 
+
+_SEED_ATTEMPTS = 3
+"""Appends tried while another writer keeps destroying the session's seed."""
 
 Seed = tuple[str, bytes] | None
 """(seed id, seed) new items are sealed with; None: the session has no key store."""
@@ -80,8 +91,9 @@ class Chainer:
 
     def __init__(self, rules: SealRules) -> None:
         self.rules = rules
-        self._known: tuple[str, Head] | None = None
-        """The head this chainer sealed last: met again, it needs no decryption."""
+        self._known: tuple[str, str, Head] | None = None
+        """(branch, stored form, head) of the head this chainer sealed last: met again as
+        the stored head, it is the one just written here and needs no decryption."""
         self.seeds: SeedMap | None = None
         """The session's seeds, as loaded from its key store (to open its newest item)."""
 
@@ -92,6 +104,9 @@ class Chainer:
     def open_head(self, stored: str | None, branch: str) -> Head | None:
         if stored is None:
             return None
+        known = self._known
+        if known is not None and known[0] == branch and known[1] == stored:
+            return known[2]
         return open_head(stored, self._keyring, self.rules.session_id, branch)
 
     def _readable_head(self, stored: str | None, branch: str) -> Head | None:
@@ -108,7 +123,9 @@ class Chainer:
             return None
 
     def seal_head(self, head: Head) -> str:
-        return seal_head(self._keyring, self.rules.session_id, head)
+        stored = seal_head(self._keyring, self.rules.session_id, head)
+        self._known = (head.branch, stored, head)
+        return stored
 
     def _opener(self) -> Opener:
         opener = Opener(self._keyring, self.rules.session_id, clock=self.rules.clock)
@@ -171,6 +188,35 @@ class Chainer:
             return envelopes, self.seal_head(Head(branch, last, link, floor, legacy))
 
         return build
+
+    async def append(
+        self,
+        heads: HistoryHead,
+        seeds: Seeds,
+        items: list[Item],
+        texts: list[str],
+    ) -> None:
+        """Seal and append ``items`` in one transaction of a store that keeps heads.
+
+        Where that store keeps the session's seeds too, a seed this writer used before is
+        not asked for again: the append's transaction checks it is still the session's,
+        and on a change (an erase elsewhere) the seed is asked for and the append redone.
+        """
+        held: bool = cast(object, seeds.store) is heads  # the session store keeps its seeds
+        remembered = held
+        for _ in range(_SEED_ATTEMPTS):
+            seed = await seeds.for_writing(remembered)
+            build = self.build(items, texts, seed)
+            try:
+                await heads.append_chained(build, seed_id=seed[0] if held and seed else None)
+                return
+            except SeedChanged:
+                seeds.forget()
+                remembered = False
+        raise StoreError(
+            "the session's seed was destroyed again at every attempt to write (it is being "
+            "erased or cleared meanwhile); nothing was written"
+        )
 
     async def append_unheaded(
         self,

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from encmem.backends import AdvancedSQLAlchemySession
+from encmem.backends import AdvancedSQLAlchemySession, AdvancedSQLiteSession
 
 from .pg import pg_url, run_sync
 from .stores import Store, sqlite_raw_messages
@@ -92,6 +92,42 @@ class AdvancedSQLAlchemyPostgresStore(Store):
     async def aclose(self) -> None:
         await super().aclose()
         self.schema.drop()
+
+class Place:
+    """Where advanced sessions live: a SQLite file (through aiosqlite, or AdvancedSQLiteSession's
+    own connection with kind ``native``), or a schema on the test PostgreSQL server."""
+
+    def __init__(self, kind: str, tmp: Path, name: str = "advanced") -> None:
+        self.kind = kind
+        if kind == "pg":
+            self.schema: PgSchema | None = PgSchema()
+            self.path: Any = self.schema
+            self.url = self.schema.url
+            self.engine_kwargs: dict[str, Any] = self.schema.engine_kwargs()
+        else:
+            self.schema = None
+            self.path = tmp / f"{name}.db"
+            self.url = f"sqlite+aiosqlite:///{self.path}"
+            self.engine_kwargs = {}
+
+    def backend(self, session_id: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("create_tables", True)
+        if self.kind == "native":
+            return AdvancedSQLiteSession(session_id=session_id, db_path=self.path, **kwargs)
+        return AdvancedSQLAlchemySession.from_url(
+            session_id, url=self.url, engine_kwargs=self.engine_kwargs, **kwargs
+        )
+
+    def drop(self) -> None:
+        if self.schema is not None:
+            self.schema.drop()
+
+
+PLACES = [("advanced-sqlalchemy-sqlite", "sqlite"), ("advanced-sqlalchemy-pg", "pg")]
+"""AdvancedSQLAlchemySession's places, each as (store kind, place kind)."""
+
+ADVANCED_PLACES = [("advanced-sqlite", "native"), *PLACES]
+"""Every advanced backend's places: AdvancedSQLiteSession's first."""
 
 
 STORES = {

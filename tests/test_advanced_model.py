@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from encmem.backends import AdvancedSQLiteSession
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from . import stores as _stores  # noqa: F401  (the store registry loads before 
 from .budget import examples
 from .conftest import TEST_KEY
 from .stores_advanced import structure_problems
+from .stores_advanced_sqlalchemy import ADVANCED_PLACES, Place
 
 NAMES = ["a", "b", "main", None]
 
@@ -124,10 +124,8 @@ async def check(session: Any, model: Model) -> None:
     ]
 
 
-async def run(path: Path, ops: list[tuple[Any, ...]], encrypted: bool) -> None:
-    backend = AdvancedSQLiteSession(
-        session_id=uuid.uuid4().hex, db_path=path, create_tables=True
-    )
+async def run(place: Place, ops: list[tuple[Any, ...]], encrypted: bool) -> None:
+    backend = place.backend(uuid.uuid4().hex)
     session: Any = backend
     if encrypted:
         keyring = Keyring({"test-1": TEST_KEY})
@@ -142,16 +140,32 @@ async def run(path: Path, ops: list[tuple[Any, ...]], encrypted: bool) -> None:
 
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-@settings(
-    max_examples=examples(60),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(where, id=where[0], marks=[pytest.mark.slow] if where[1] != "native" else [])
+        for where in ADVANCED_PLACES
+    ],
 )
-@given(ops=operations)
 def test_random_operations_match_the_model(
-    tmp_path: Path, encrypted: bool, ops: list[tuple[Any, ...]]
+    tmp_path: Path, where: tuple[str, str], encrypted: bool
 ) -> None:
-    path = tmp_path / "model.db"
-    asyncio.run(run(path, ops, encrypted))
-    if ops:
-        assert structure_problems(path) == []
+    place = Place(where[1], tmp_path, "model")
+    # Over a database driver each example costs more; fewer of them search as far.
+    budget = examples(60 if where[1] == "native" else 20)
+
+    @settings(
+        max_examples=budget,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(ops=operations)
+    def matches(ops: list[tuple[Any, ...]]) -> None:
+        asyncio.run(run(place, ops, encrypted))
+        if ops and place.schema is None:
+            assert structure_problems(place.path) == []
+
+    try:
+        matches()
+    finally:
+        place.drop()

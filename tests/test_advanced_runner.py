@@ -9,9 +9,10 @@ import pytest
 from agents import Agent, Runner, function_tool
 from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call
 from agents.usage import Usage
-from encmem.backends import AdvancedSQLiteSession
 
 from encmem import EncryptedSession, Keyring
+
+from .stores_advanced_sqlalchemy import ADVANCED_PLACES, Place
 
 
 @function_tool
@@ -67,12 +68,12 @@ async def conversation(session: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+@pytest.mark.parametrize("where", ADVANCED_PLACES, ids=[kind for kind, _ in ADVANCED_PLACES])
 async def test_runner_turns_tools_and_usage(
-    tmp_path: Path, keyring: Keyring, encrypted: bool
+    tmp_path: Path, keyring: Keyring, where: tuple[str, str], encrypted: bool
 ) -> None:
-    backend = AdvancedSQLiteSession(
-        session_id="chat", db_path=tmp_path / "chat.db", create_tables=True
-    )
+    place = Place(where[1], tmp_path, "chat")
+    backend = place.backend("chat")
     session: Any = (
         EncryptedSession(underlying_session=backend, encryption_key=keyring)
         if encrypted
@@ -85,6 +86,7 @@ async def test_runner_turns_tools_and_usage(
             assert raw and all(item.get("__enc__") == 1 for item in raw)
     finally:
         await backend.close()
+        place.drop()
 
     assert seen["final"] == "Bring sunglasses."
     assert seen["turns"] == [(1, "What's the weather in Paris?"), (2, "What should I wear?")]

@@ -19,7 +19,7 @@ from encmem import EncryptedSession, Keyring
 
 from . import test_advanced
 from .stores_advanced import structure_problems
-from .stores_advanced_sqlalchemy import PgSchema
+from .stores_advanced_sqlalchemy import PLACES, Place
 from .test_advanced import TURN_1, TURN_2, scenario
 
 # The tests that take ``opener``, collected here against this module's fixture.
@@ -30,33 +30,6 @@ globals().update(
         if name.startswith("test_") and "opener" in test.__code__.co_varnames
     }
 )
-
-
-class Place:
-    """Where sessions live: a SQLite file, or a schema on the test PostgreSQL server."""
-
-    def __init__(self, kind: str, tmp: Path, name: str = "advanced") -> None:
-        self.kind = kind
-        if kind == "pg":
-            self.schema: PgSchema | None = PgSchema()
-            self.path: Any = self.schema
-            self.url = self.schema.url
-            self.engine_kwargs: dict[str, Any] = self.schema.engine_kwargs()
-        else:
-            self.schema = None
-            self.path = tmp / f"{name}.db"
-            self.url = f"sqlite+aiosqlite:///{self.path}"
-            self.engine_kwargs = {}
-
-    def backend(self, session_id: str, **kwargs: Any) -> AdvancedSQLAlchemySession:
-        kwargs.setdefault("create_tables", True)
-        return AdvancedSQLAlchemySession.from_url(
-            session_id, url=self.url, engine_kwargs=self.engine_kwargs, **kwargs
-        )
-
-    def drop(self) -> None:
-        if self.schema is not None:
-            self.schema.drop()
 
 
 class Opener:
@@ -80,9 +53,6 @@ class Opener:
         for backend in self.backends:
             await backend.close()
         self.place.drop()
-
-
-PLACES = [("advanced-sqlalchemy-sqlite", "sqlite"), ("advanced-sqlalchemy-pg", "pg")]
 
 
 @pytest.fixture(

@@ -170,6 +170,54 @@ async def test_a_failed_open_is_reported_and_the_next_start_retries(tmp_path: Pa
             await closing
 
 
+async def test_a_read_only_read_opens_again_while_the_files_beside_it_change(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.execute("INSERT INTO t VALUES (5)")
+    conn.commit()
+    conn.close()
+    # The first open finds a state a writer leaves again (here: a directory not there yet).
+    uris = iter([f"{(tmp_path / 'gone' / 'store.db').as_uri()}?mode=ro"])
+    chosen: list[str] = []
+
+    def uri() -> str:
+        chosen.append(next(uris, f"{path.as_uri()}?mode=ro"))
+        return chosen[-1]
+
+    shared = connections.open_read_only(path, uri)
+    try:
+        assert await shared.run(lambda c: c.execute("SELECT x FROM t").fetchone()[0]) == 5
+        assert len(chosen) == 2
+        # A read-only connection never writes, so a refused write is not retried into success.
+        refused_at = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await shared.run(lambda c: c.execute("INSERT INTO t VALUES (6)"))
+        if sys.version_info >= (3, 11):  # where SQLite's error names reach Python
+            assert time.monotonic() - refused_at < connections.REREAD_SECONDS
+    finally:
+        closing = connections.release(shared)
+        if closing is not None:
+            await closing
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1
+
+
+async def test_a_read_only_open_that_keeps_failing_fails_with_the_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "gone" / "store.db"
+    shared = connections.open_read_only(missing, f"{missing.as_uri()}?mode=ro")
+    started = time.monotonic()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+            await shared.run(lambda c: c.execute("SELECT 1").fetchone())
+    finally:
+        closing = connections.release(shared)
+        if closing is not None:
+            await closing
+    assert time.monotonic() - started < connections.REREAD_SECONDS + 5
+
+
 def test_loops_on_different_threads_share_one_file(tmp_path: Path) -> None:
     path = tmp_path / "loops.db"
 

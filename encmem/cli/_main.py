@@ -206,8 +206,11 @@ async def _on_store(
             read_only=_reads_only(args),
             preflight=lambda probe: _preflight(args, probe, keyring, key_store),
         )
+        failure: Exception | None = None
         try:
             result = await _dispatch(args, store, keyring, key_store)
+        except Exception as exc:  # what a read of a file changing under it may raise
+            failure = exc
         except BaseException:
             await store.aclose()
             raise
@@ -218,6 +221,8 @@ async def _on_store(
                 raise
             rereads -= 1
             continue
+        if failure is not None:
+            raise failure
         return result
 
 
