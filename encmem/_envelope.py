@@ -18,13 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import json
 import re
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._chain import GENESIS, Link, digest, unwrap, wrap
+from ._exact_json import decode_sealed, same_envelope, same_json, scan_json, sealed_text
 from ._items import CorruptRow, Item, decode_item
 from ._keys import SDK_KID, Keyring
 from ._token import FernetKey
@@ -150,40 +150,6 @@ def token_timestamp(token: str) -> int:
     return int.from_bytes(head[1:9], "big")
 
 
-_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _sealed_text(plaintext: bytes) -> str:
-    try:
-        return plaintext.decode("utf-8")
-    except UnicodeDecodeError:
-        raise TamperedItemError("the sealed content is not UTF-8 text") from None
-
-
-def _decode_sealed(text: str) -> Item:
-    """The item inside an authenticated token: exactly one JSON object, nothing around it."""
-    try:
-        value, end = _scan_json(text, 0)
-    except (StopIteration, ValueError, RecursionError):
-        value, end = None, -1
-    if not isinstance(value, dict) or end != len(text):
-        raise TamperedItemError("the sealed content is not a JSON object")
-    return value
-
-
-def _same_json(a: object, b: object) -> bool:
-    """Equal as JSON values: ``1``, ``1.0`` and ``true`` differ, as they do to SQL readers."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        assert isinstance(b, dict)
-        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        assert isinstance(b, list)
-        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
 def shown(value: object) -> str:
     """A stored value for an error message: short, and a valid key id or nothing of it."""
     if isinstance(value, str) and _SHOWABLE.fullmatch(value):
@@ -198,7 +164,7 @@ def _check_clear_fields(obj: dict[str, Any], item: Item, envelope_keys: frozense
             continue
         if name not in _CLEAR_SET:
             raise TamperedItemError(f"the envelope has an unexpected field {name!r}")
-        if name not in item or not _same_json(item[name], value):
+        if name not in item or not same_json(item[name], value):
             raise TamperedItemError("the envelope's clear fields do not match its sealed content")
     for name in CLEAR_FIELDS:
         if name in item and name not in obj:
@@ -331,10 +297,10 @@ class Opener:
         remember: bool,
     ) -> Opened:
         cached = self._cache.get(token) if self._cache_size else None
-        if cached is not None and _same_json(cached[0], obj):
+        if cached is not None and same_envelope(cached[0], obj):
             # The very envelope that was verified before: same token, kid and clear fields.
             # Its JSON text was checked then; each hit parses a fresh copy for the caller.
-            value = _scan_json(cached[1], 0)[0]
+            value = scan_json(cached[1], 0)[0]
             item = value["item"] if cached[3] is not None else value
             return Opened(item, cached[2], kid, version, cached[3], seed_id)
         key = self._key(kid, seed_id)
@@ -353,8 +319,8 @@ class Opener:
                 kid=kid if _SHOWABLE.fullmatch(kid) else None,
             )
         plaintext, sealed_at = opened
-        text = _sealed_text(plaintext)
-        item = _decode_sealed(text)
+        text = sealed_text(plaintext)
+        item = decode_sealed(text)
         link: Link | None = None
         if version != UNCHAINED_VERSION:
             item, seq, prev = unwrap(item)
