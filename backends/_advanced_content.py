@@ -10,6 +10,8 @@ from encmem._items import Item
 from encmem._protocol import ForkHead, TurnRow
 from encmem.errors import BranchError
 
+from ._advanced_items import UsageNumbers, usage_numbers
+from ._advanced_queries import MAIN
 from ._rows import plain_item
 
 
@@ -20,6 +22,47 @@ def check_branch_id(branch_id: object, parameter: str = "branch_id") -> str:
     if not branch_id.strip():
         raise BranchError(f"{parameter} cannot be empty or whitespace; give the branch a name")
     return branch_id
+
+
+def check_branch_point(turn_number: object, branch_name: object) -> None:
+    """The arguments of create_branch_from_turn: an int turn, and a name or None."""
+    if isinstance(turn_number, bool) or not isinstance(turn_number, int):
+        raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
+    if branch_name is not None:
+        check_branch_id(branch_name, "branch_name")
+
+
+def require_live(state: str, branch_id: str) -> None:
+    """BranchError unless a branch's state says it exists."""
+    if state != "live":
+        raise BranchError(
+            f"branch {branch_id!r} does not exist; list_branches() shows the branches"
+        )
+
+
+def check_deletable(branch_id: object, current: str, force: bool) -> bool:
+    """Whether the branch to delete is the current one, after refusing what may not go."""
+    check_branch_id(branch_id)
+    if branch_id == MAIN:
+        raise BranchError("the 'main' branch cannot be deleted; use clear_session()")
+    if branch_id == current and not force:
+        raise BranchError(
+            f"{branch_id!r} is the current branch; switch_to_branch() to another first, "
+            "or pass force=True to delete it and go back to 'main'"
+        )
+    return branch_id == current
+
+
+def run_usage(result: Any) -> UsageNumbers | None:
+    """The token usage store_run_usage adds, from a Runner.run result (None: it has none)."""
+    try:
+        usage = result.context_wrapper.usage
+    except AttributeError:
+        raise TypeError(
+            "store_run_usage takes the result of Runner.run (it reads "
+            "result.context_wrapper.usage)"
+        ) from None
+    return None if usage is None else usage_numbers(usage)
 
 
 class ContentQueries:

@@ -27,11 +27,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from encmem._items import Item
 from encmem._protocol import ForkHead, StoredItem, TurnRow
 from encmem._settings import SessionSettings, resolve_limit
-from encmem.errors import BranchError
 
 from . import _advanced_sqlalchemy_analytics as analytics
 from . import _sqlalchemy_schema as base_schema
-from ._advanced_content import ContentQueries, check_branch_id
+from ._advanced_content import (
+    ContentQueries,
+    check_branch_id,
+    check_branch_point,
+    check_deletable,
+    require_live,
+)
 from ._advanced_queries import MAIN
 from ._advanced_schema import BRANCHES
 from ._advanced_sqlalchemy_queries import AdvancedQueries
@@ -290,10 +295,7 @@ class AdvancedSQLAlchemySession(ContentQueries, SQLAlchemySession, UsageReports)
         ``fork`` (EncryptedSession's) makes the new branch's history head in the same
         transaction.
         """
-        if isinstance(turn_number, bool) or not isinstance(turn_number, int):
-            raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
-        if branch_name is not None:
-            check_branch_id(branch_name, "branch_name")
+        check_branch_point(turn_number, branch_name)
         source, q = self._branch, self._q
         if fork is not None:
             await self._require_heads()
@@ -316,24 +318,12 @@ class AdvancedSQLAlchemySession(ContentQueries, SQLAlchemySession, UsageReports)
         """Make ``branch_id`` the current branch; ValueError if it does not exist."""
         check_branch_id(branch_id)
         q = self._q
-        state = await self._read(lambda conn: q.branch_state(conn, branch_id))
-        if state != "live":
-            raise BranchError(
-                f"branch {branch_id!r} does not exist; list_branches() shows the branches"
-            )
+        require_live(await self._read(lambda conn: q.branch_state(conn, branch_id)), branch_id)
         self._branch = branch_id
 
     async def delete_branch(self, branch_id: str, force: bool = False) -> None:
         """Delete a branch (never ``main``; the current one only with ``force``, then on main)."""
-        check_branch_id(branch_id)
-        if branch_id == MAIN:
-            raise BranchError("the 'main' branch cannot be deleted; use clear_session()")
-        current = branch_id == self._branch
-        if current and not force:
-            raise BranchError(
-                f"{branch_id!r} is the current branch; switch_to_branch() to another first, "
-                "or pass force=True to delete it and go back to 'main'"
-            )
+        current = check_deletable(branch_id, self._branch, force)
         q, heads = self._q, self._heads if await self._has_heads() else None
 
         async def delete(conn: AsyncConnection) -> tuple[int, int]:

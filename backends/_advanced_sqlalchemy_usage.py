@@ -13,9 +13,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import _advanced_items as advanced_items
 from . import _advanced_sqlalchemy_analytics as analytics
-from ._advanced_content import check_branch_id
+from ._advanced_content import check_branch_id, run_usage
 from ._advanced_sqlalchemy_queries import AdvancedQueries
 
 T = TypeVar("T")
@@ -60,16 +59,9 @@ class UsageReports:
         Reads ``result.context_wrapper.usage``. Calling it twice for one turn adds up; on an
         empty branch nothing is recorded. Failures raise (nothing is swallowed).
         """
-        try:
-            usage = result.context_wrapper.usage
-        except AttributeError:
-            raise TypeError(
-                "store_run_usage takes the result of Runner.run (it reads "
-                "result.context_wrapper.usage)"
-            ) from None
-        if usage is None:
+        numbers = run_usage(result)
+        if numbers is None:
             return
-        numbers = advanced_items.usage_numbers(usage)
         branch, q = self._branch, self._q
         turn = await self._write(lambda conn: analytics.store_usage(conn, q, branch, numbers))
         if turn is None:

@@ -24,12 +24,18 @@ from encmem._settings import SessionSettings, resolve_limit
 from encmem.errors import BranchError, MissingTablesError
 
 from . import _advanced_analytics as analytics
-from . import _advanced_items as advanced_items
 from . import _advanced_queries as queries
 from . import _advanced_schema as schema
 from . import _heads as heads
 from . import _sqlite_connection as connections
-from ._advanced_content import ContentQueries, check_branch_id
+from ._advanced_content import (
+    ContentQueries,
+    check_branch_id,
+    check_branch_point,
+    check_deletable,
+    require_live,
+    run_usage,
+)
 from ._advanced_queries import MAIN, Scope
 from ._rows import plain_items
 from ._sqlite import SQLiteSession
@@ -224,10 +230,7 @@ class AdvancedSQLiteSession(ContentQueries, SQLiteSession):
         ``fork`` (EncryptedSession's) makes the new branch's history head in the same
         transaction.
         """
-        if isinstance(turn_number, bool) or not isinstance(turn_number, int):
-            raise TypeError(f"turn_number must be an int, not {type(turn_number).__name__}")
-        if branch_name is not None:
-            check_branch_id(branch_name, "branch_name")
+        check_branch_point(turn_number, branch_name)
         scope, source = self._scope, self._branch
 
         def create(conn: sqlite3.Connection) -> str:
@@ -250,23 +253,12 @@ class AdvancedSQLiteSession(ContentQueries, SQLiteSession):
         check_branch_id(branch_id)
         scope = self._scope
         state: str = await self._read(lambda conn: queries.branch_state(conn, scope, branch_id))
-        if state != "live":
-            raise BranchError(
-                f"branch {branch_id!r} does not exist; list_branches() shows the branches"
-            )
+        require_live(state, branch_id)
         self._branch = branch_id
 
     async def delete_branch(self, branch_id: str, force: bool = False) -> None:
         """Delete a branch (never ``main``; the current one only with ``force``, then on main)."""
-        check_branch_id(branch_id)
-        if branch_id == MAIN:
-            raise BranchError("the 'main' branch cannot be deleted; use clear_session()")
-        current = branch_id == self._branch
-        if current and not force:
-            raise BranchError(
-                f"{branch_id!r} is the current branch; switch_to_branch() to another first, "
-                "or pass force=True to delete it and go back to 'main'"
-            )
+        current = check_deletable(branch_id, self._branch, force)
         scope = self._scope
         rows, usage = await self._write(lambda conn: queries.delete_branch(conn, scope, branch_id))
         if current:
@@ -309,16 +301,9 @@ class AdvancedSQLiteSession(ContentQueries, SQLiteSession):
         Reads ``result.context_wrapper.usage``. Calling it twice for one turn adds up; on an
         empty branch nothing is recorded. Failures raise (nothing is swallowed).
         """
-        try:
-            usage = result.context_wrapper.usage
-        except AttributeError:
-            raise TypeError(
-                "store_run_usage takes the result of Runner.run (it reads "
-                "result.context_wrapper.usage)"
-            ) from None
-        if usage is None:
+        numbers = run_usage(result)
+        if numbers is None:
             return
-        numbers = advanced_items.usage_numbers(usage)
         scope, branch = self._scope, self._branch
         turn: int | None = await self._write(
             lambda conn: analytics.store_usage(conn, scope, branch, numbers)

@@ -7,10 +7,11 @@ it the PostgreSQL tests skip, except under ``CI=true`` where a missing server is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -78,3 +79,36 @@ def run_sync(url: str, statement: str, params: dict[str, Any] | None = None) -> 
 
 def drop_tables(url: str, names: Sequence[str]) -> None:
     run_sync(url, f"DROP TABLE IF EXISTS {', '.join(names)} CASCADE")
+
+
+def _autocommit(url: str, statement: str) -> None:
+    """CREATE / DROP DATABASE, which no transaction may hold."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    async def execute() -> None:
+        engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(execute())
+
+
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """The postgresql+asyncpg:// URL of a fresh, empty database on the test server, dropped
+    afterwards (run outside any event loop)."""
+    from sqlalchemy.engine import make_url
+
+    server = pg_url()
+    name = f"t{uuid.uuid4().hex[:12]}"
+    _autocommit(server, f"CREATE DATABASE {name}")
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        _autocommit(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

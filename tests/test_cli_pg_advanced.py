@@ -9,50 +9,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from encmem import EncryptedSession, Keyring, MissingTablesError
 
-from .pg import pg_url, run_sync
+from .pg import fresh_database, run_sync
 from .test_advanced import run_result
 from .test_cli import NEW, OLD, Clock, run
 
 Branches = dict[str, list[Any]]
 
 
-def _autocommit(url: str, statement: str) -> None:
-    """CREATE / DROP DATABASE, which no transaction may hold."""
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    async def execute() -> None:
-        engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(execute())
-
-
 @pytest.fixture
 def database() -> Iterator[str]:
     """The postgresql+asyncpg:// URL of a fresh, empty database, dropped afterwards."""
-    server = pg_url()
-    name = f"t{uuid.uuid4().hex[:12]}"
-    _autocommit(server, f"CREATE DATABASE {name}")
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_database() as url:
         yield url
-    finally:
-        _autocommit(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def libpq(url: str) -> str:

@@ -9,7 +9,6 @@ names).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from encmem.backends import (
     SQLAlchemySession,
     open_store,
 )
-from sqlalchemy.engine import make_url
 
 from encmem import (
     EncryptedSession,
@@ -32,7 +30,7 @@ from encmem import (
     generate_key,
 )
 
-from .pg import pg_url, run_sync
+from .pg import fresh_database, run_sync
 
 pytestmark = pytest.mark.pg
 
@@ -44,34 +42,11 @@ KINDS: dict[str, type[SQLAlchemySession]] = {
 }
 
 
-def _autocommit(url: str, statement: str) -> None:
-    """CREATE / DROP DATABASE, which no transaction may hold."""
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-    from sqlalchemy.pool import NullPool
-
-    async def execute() -> None:
-        engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(execute())
-
-
 @pytest.fixture
 def database() -> Iterator[str]:
     """The URL of a fresh, empty database on the test server, dropped afterwards."""
-    server = pg_url()
-    name = f"t{uuid.uuid4().hex[:12]}"
-    _autocommit(server, f"CREATE DATABASE {name}")
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    try:
+    with fresh_database() as url:
         yield url
-    finally:
-        _autocommit(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def contents(session_id: str) -> list[dict[str, Any]]:
