@@ -85,8 +85,19 @@ class SQLAlchemySession(HeadsOnSQLAlchemy, SeedsOnSQLAlchemy):
         self._owns_engine = False
         self._closed = False
         self._state = engine_state(engine)
-        self._tables = SessionTables(self.sessions_table, self.messages_table, engine.dialect)
-        self._sql = SessionStatements(self._tables, engine.dialect)
+        self._tables, self._sql = self._plain_tables()
+
+    def _plain_tables(self) -> tuple[SessionTables, SessionStatements]:
+        """The engine's table and statement objects for these table names, made once (a
+        thousand sessions on one engine share them)."""
+        key = ("plain", self.sessions_table, self.messages_table)
+        found = self._state.shared.get(key)
+        if not isinstance(found, tuple):
+            dialect = self._engine.dialect
+            tables = SessionTables(self.sessions_table, self.messages_table, dialect)
+            found = (tables, SessionStatements(tables, dialect))
+            self._state.shared[key] = found
+        return found
 
     @classmethod
     def from_url(
