@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from encmem._items import check_session_id
 from encmem._protocol import SeedDestruction, StoredSeed
-from encmem.errors import SessionClosedError
+from encmem.errors import SessionClosedError, StoreError
 
 from ._residue import checkpoint_truncate
 from ._sqlalchemy_engine import acquire_engine, check_async_engine, engine_state, release_engine
@@ -93,14 +93,20 @@ class SeedsOnSQLAlchemy:
         check_session_id(session_id)
         values: dict[str, Any] = {"session_id": session_id, **seed._asdict()}
         engine = await self._seeds_ready()
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(self._seeds().insert().values(**values))
-        except IntegrityError:
-            pass  # another writer kept its seed first: that one is the session's
-        kept = await self.get_seed(session_id)
-        assert kept is not None
-        return kept
+        for _ in range(3):
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(self._seeds().insert().values(**values))
+            except IntegrityError:
+                pass  # another writer kept its seed first: that one is the session's
+            kept = await self.get_seed(session_id)
+            if kept is not None:
+                return kept
+            # an erase destroyed the kept seed between the two statements: keep ours now
+        raise StoreError(
+            f"the seed of session {session_id!r} was destroyed as soon as it was kept, three "
+            "times (the session is being erased meanwhile); nothing was written"
+        )
 
     async def replace_seed(self, session_id: str, seed: StoredSeed) -> None:
         """Re-seal the session's seed under another key (same seed id)."""
