@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from encmem.backends import (
     AdvancedSQLiteSession,
+    SQLAlchemyKeyStore,
     SQLAlchemySession,
     SQLiteKeyStore,
     SQLiteSession,
     open_store,
 )
 
-from encmem import EncryptedSession, Keyring, erase_session, generate_key
+from encmem import EncryptedSession, Keyring, StoreError, erase_session, generate_key
 
 from .pg import pg_url, unique_tables
 
@@ -148,3 +149,36 @@ async def test_a_writer_with_a_separate_key_store_meets_an_erase_between_lookup_
     finally:
         await reader_backend.close()
         await keys.inner.close()
+
+
+class ErasedOnReadBack(SQLAlchemyKeyStore):
+    """A key store whose next read-back comes after an erase destroyed the seed just kept."""
+
+    erase_next = 0
+
+    async def get_seed(self, session_id: str) -> Any:
+        if self.erase_next:
+            self.erase_next -= 1
+            await self.destroy_seed(session_id)
+        return await super().get_seed(session_id)
+
+
+@pytest.mark.parametrize("erases", [1, 3])
+async def test_a_seed_erased_as_soon_as_kept_is_kept_again_or_refused(
+    tmp_path: Path, erases: int
+) -> None:
+    from encmem._seeds import new_seed_id, seal_seed
+
+    store = ErasedOnReadBack(url=f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}")
+    seed = seal_seed(KEYRING, SESSION, new_seed_id(), b"\x01" * 32)
+    try:
+        store.erase_next = erases
+        if erases < 3:
+            assert await store.put_seed(SESSION, seed) == seed
+            assert await store.get_seed(SESSION) == seed
+        else:
+            with pytest.raises(StoreError, match="being erased"):
+                await store.put_seed(SESSION, seed)
+            assert await store.get_seed(SESSION) is None
+    finally:
+        await store.close()
