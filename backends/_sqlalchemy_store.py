@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from encmem._items import is_valid_session_id
 from encmem._protocol import ErasedRows
-from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
+from encmem.errors import NotASessionStoreError, StoreError
 
 from ._advanced_schema import STRUCTURE, erasable_tables
 from ._identifiers import check_table_name
@@ -181,11 +181,7 @@ class SQLAlchemySessionStore:
         :class:`ResiduePendingError` when old copies of the rows' pages remain (SQLite: other
         readers kept the WAL; PostgreSQL: VACUUM could not run).
         """
-        erased = await self.erase_rows(session_id)
-        removed = sum(erased.rows.values())
-        if erased.residue_pending:
-            raise ResiduePendingError(session_id, removed)
-        return removed
+        return (await self.erase_rows(session_id)).removed(session_id)
 
     async def erase_rows(self, session_id: str) -> ErasedRows:
         """Delete every row of the session from every table, then clear what the delete

@@ -20,7 +20,7 @@ from typing import Any
 
 from encmem._items import is_valid_session_id
 from encmem._protocol import ErasedRows, SessionStore
-from encmem.errors import NotASessionStoreError, ResiduePendingError, StoreError
+from encmem.errors import NotASessionStoreError, StoreError
 
 from . import _advanced_schema as schema
 from . import _sqlite_connection as connections
@@ -212,11 +212,7 @@ class SQLiteSessionStore:
         Raises :class:`ResiduePendingError` (after the delete) when another connection's read
         transaction kept the WAL from being emptied; erasing again later finishes the job.
         """
-        erased = await self.erase_rows(session_id)
-        removed = sum(erased.rows.values())
-        if erased.residue_pending:
-            raise ResiduePendingError(session_id, removed)
-        return removed
+        return (await self.erase_rows(session_id)).removed(session_id)
 
     async def erase_rows(self, session_id: str) -> ErasedRows:
         """Delete every row of the session from every table, then empty the WAL."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from ._items import CorruptRow, Item
-from .errors import UnsupportedOperation
+from .errors import ResiduePendingError, UnsupportedOperation
 
 
 @runtime_checkable
@@ -255,6 +255,13 @@ class ErasedRows(NamedTuple):
     rows: dict[str, int]
     residue_pending: bool
     residue: str
+
+    def removed(self, session_id: str) -> int:
+        """The rows removed; ResiduePendingError (the delete stands) while residue remains."""
+        count = sum(self.rows.values())
+        if self.residue_pending:
+            raise ResiduePendingError(session_id, count)
+        return count
 
 
 @runtime_checkable

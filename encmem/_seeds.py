@@ -84,7 +84,8 @@ class Seeds:
         self._opened: tuple[StoredSeed, bytes] | None = None
         """The stored seed opened last, and its seed: the same row again needs no decryption."""
         self._written: tuple[str, bytes] | None = None
-        """The seed this object last wrote with (made or asked for, sealed under the primary)."""
+        """The session's seed as this object last found it sealed under the primary key (by
+        a write, or a load): what a write that checks the seed itself may use unasked."""
 
     def _open(self, stored: StoredSeed) -> bytes:
         if self._opened is not None and self._opened[0] == stored:
@@ -106,6 +107,10 @@ class Seeds:
             stored = await self.store.get_seed(self.session_id)
             self._current = None if stored is None else (stored.seed_id, _try_open(self, stored))
             self._loaded = True
+            if stored is not None and stored.kid == self._keyring.primary_kid:
+                opened = self._current[1] if self._current is not None else None
+                if isinstance(opened, bytes):  # a write may use it: it checks the seed itself
+                    self._written = (stored.seed_id, opened)
         return dict([self._current]) if self._current is not None else {}
 
     async def for_writing(self, remembered: bool = False) -> tuple[str, bytes] | None:
@@ -113,9 +118,9 @@ class Seeds:
 
         Asked of the key store at every write, so that a writer never seals new items under
         a seed another process has destroyed since (an erase, a clear); except, with
-        ``remembered``, when this object wrote with a seed before: the caller then has the
-        write itself check that it is still the session's (the key store is the session
-        store, and checks it in the write's transaction).
+        ``remembered``, when this object already knows the session's seed: the caller then
+        has the write itself check that it is still the session's (the key store is the
+        session store, and checks it in the write's transaction).
         """
         if self.store is None:
             return None

@@ -13,7 +13,6 @@ than the session's") when the session was written again after the erase.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from encmem import (
 )
 
 from .budget import examples
+from .test_erasure import copy_database
 
 SESSIONS = ("alpha-0000001", "bravo-0000002", "charlie-00003")
 
@@ -113,14 +113,6 @@ class Run:
         return EncryptedSession(
             session_id, inner, self.keyring, ttl=None, key_store=self.key_store, **options
         )
-
-
-def copy_database(source: Path, target: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{target}{suffix}").unlink(missing_ok=True)
-    for suffix in ("", "-wal"):
-        if Path(f"{source}{suffix}").exists():
-            shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
 
 
 async def apply(run: Run, op: tuple[Any, ...]) -> None:
