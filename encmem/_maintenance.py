@@ -20,7 +20,8 @@ from ._protocol import Capabilities, ItemAddressing, Session, StoredItem
 from ._reading import OnInvalid, is_expired
 from ._rechain import Sealable, needs_chain, open_for_chain, plan_chain, read_branches, write_plan
 from ._seeds import Seeds
-from ._writing import Chainer, Conflict
+from ._withdrawal import Conflict
+from ._writing import Chainer
 from .errors import DecryptionError, StoreError
 
 Progress = Callable[[int], None]

@@ -14,7 +14,8 @@ from typing import Any
 from ._items import Item
 from ._protocol import HistoryHead, Session
 from ._reading import Fetch, Reader, is_expired
-from ._writing import Chainer, Conflict
+from ._withdrawal import Conflict
+from ._writing import Chainer
 from .errors import DecryptionError, UnrestoredItemsError
 
 Delete = Callable[[Sequence[int]], Awaitable[int]]

@@ -17,7 +17,8 @@ from ._chain import GENESIS, Head
 from ._envelope import CHAINED_VERSIONS, Opener, is_envelope, looks_sealed, seal_link
 from ._items import CorruptRow, Item, encode_item
 from ._protocol import Capabilities, HeadUpdate, StoredItem
-from ._writing import Chainer, Conflict, Seed
+from ._withdrawal import Conflict
+from ._writing import Chainer, Seed
 from .errors import DecryptionError, InvalidItemError, PlaintextItemError
 
 

@@ -141,6 +141,12 @@ class Seeds:
         self._written = (stored.seed_id, seed)
         return self._written
 
+    async def is_current(self, seed_id: str) -> bool:
+        """Whether ``seed_id`` is still the session's seed, as the key store says now."""
+        assert self.store is not None
+        stored = await self.store.get_seed(self.session_id)
+        return stored is not None and stored.seed_id == seed_id
+
     async def reseal(self) -> None:
         """Seal the session's seed under the keyring's primary key (rotation), same seed."""
         if self.store is None:

@@ -211,9 +211,8 @@ class EncryptedSession:
             if heads is not None:
                 await self._chainer.append(heads, self._seeds, items, texts)
             else:
-                seed = await self._seeds.for_writing()
                 session, kwargs = self.underlying_session, self._kwargs(wrapper)
-                await self._chainer.append_unheaded(session, items, texts, seed, kwargs)
+                await self._chainer.append_unheaded(session, self._seeds, items, texts, kwargs)
         except DecryptionError as exc:
             raise exc.located(self.session_id, exc.position, exc.item_id) from None
 

@@ -29,6 +29,7 @@ from ._protocol import (
 )
 from ._reading import OnInvalid
 from ._seeds import SeedMap, Seeds
+from ._withdrawal import Conflict, Written, withdraw_headed, withdraw_unheaded
 from .errors import DecryptionError, HistoryTamperedError, PlaintextItemError, StoreError
 
 logger = logging.getLogger("encmem")
@@ -60,8 +61,11 @@ Seed = tuple[str, bytes] | None
 """(seed id, seed) new items are sealed with; None: the session has no key store."""
 
 
-class Conflict(Exception):
-    """Another writer changed the branch between a read and the write that relied on it."""
+def _erased_meanwhile() -> StoreError:
+    return StoreError(
+        "the session's seed was destroyed again at every attempt to write (it is being "
+        "erased or cleared meanwhile); nothing was written"
+    )
 
 
 class SealRules(Protocol):
@@ -171,8 +175,11 @@ class Chainer:
     def encode(self, items: list[Any]) -> list[str]:
         return encode_items(items, self.rules.max_item_bytes)
 
-    def build(self, items: list[Item], texts: list[str], seed: Seed) -> ChainBuild:
-        """The append callback for a store that keeps heads."""
+    def build(
+        self, items: list[Item], texts: list[str], seed: Seed, written: list[Written]
+    ) -> ChainBuild:
+        """The append callback for a store that keeps heads (it records what it stored in
+        ``written``)."""
 
         def build(branch: str, stored: str | None, newest: Newest) -> tuple[list[Item], str]:
             head = self._readable_head(stored, branch)
@@ -185,7 +192,9 @@ class Chainer:
             floor = 1 if head is None else head.floor
             seq, prev = first_link(head)
             envelopes, last, link = self.seal_chain(items, texts, seq, prev, seed)
-            return envelopes, self.seal_head(Head(branch, last, link, floor, legacy))
+            sealed = self.seal_head(Head(branch, last, link, floor, legacy))
+            written[:] = [Written(branch, stored, sealed, envelopes)]
+            return envelopes, sealed
 
         return build
 
@@ -198,41 +207,53 @@ class Chainer:
     ) -> None:
         """Seal and append ``items`` in one transaction of a store that keeps heads.
 
-        Where that store keeps the session's seeds too, a seed this writer used before is
-        not asked for again: the append's transaction checks it is still the session's,
-        and on a change (an erase elsewhere) the seed is asked for and the append redone.
+        A seed this writer used before is not asked for again. Where the session store keeps
+        the seeds, the append's transaction checks it is still the session's; with a separate
+        key store, the key store is asked after the append, and an append whose seed an erase
+        destroyed meanwhile is taken back. Either way, on a change the seed is asked for and
+        the append made again.
         """
         held: bool = cast(object, seeds.store) is heads  # the session store keeps its seeds
-        remembered = held
+        remembered = True
         for _ in range(_SEED_ATTEMPTS):
             seed = await seeds.for_writing(remembered)
-            build = self.build(items, texts, seed)
+            remembered = False
+            written: list[Written] = []
+            build = self.build(items, texts, seed, written)
             try:
                 await heads.append_chained(build, seed_id=seed[0] if held and seed else None)
-                return
             except SeedChanged:
                 seeds.forget()
-                remembered = False
-        raise StoreError(
-            "the session's seed was destroyed again at every attempt to write (it is being "
-            "erased or cleared meanwhile); nothing was written"
-        )
+                continue
+            if held or seed is None or await seeds.is_current(seed[0]):
+                return
+            await withdraw_headed(heads, written[0])
+            seeds.forget()
+        raise _erased_meanwhile()
 
     async def append_unheaded(
         self,
         session: Session,
+        seeds: Seeds,
         items: list[Item],
         texts: list[str],
-        seed: Seed,
         kwargs: dict[str, Any],
     ) -> None:
-        """Chain after the session's newest item (no head to keep: one writer at a time)."""
-        async with _append_lock(self.rules.session_id):
-            newest = await session.get_items(1, **kwargs)
-            link = self.link_of(newest[-1] if newest else None)
-            seq, prev = (1, GENESIS) if link is None else (link.seq + 1, link.digest)
-            envelopes, _, _ = self.seal_chain(items, texts, seq, prev, seed)
-            await session.add_items(envelopes, **kwargs)
+        """Chain after the session's newest item (no head to keep: one writer at a time);
+        an append whose seed an erase destroyed meanwhile is taken back and made again."""
+        for remembered in (True, *[False] * (_SEED_ATTEMPTS - 1)):
+            seed = await seeds.for_writing(remembered)
+            async with _append_lock(self.rules.session_id):
+                newest = await session.get_items(1, **kwargs)
+                link = self.link_of(newest[-1] if newest else None)
+                seq, prev = (1, GENESIS) if link is None else (link.seq + 1, link.digest)
+                envelopes, _, _ = self.seal_chain(items, texts, seq, prev, seed)
+                await session.add_items(envelopes, **kwargs)
+                if seed is None or await seeds.is_current(seed[0]):
+                    return
+                await withdraw_unheaded(session, envelopes, kwargs)
+            seeds.forget()
+        raise _erased_meanwhile()
 
     def after_pop(self, branch: str, seen: str | None, popped: Opened) -> HeadUpdate:
         """The head update for popping ``popped``, the newest item when the head was ``seen``."""

@@ -105,7 +105,7 @@ class EraseAfterLookup:
         found = await self.inner.get_seed(session_id)
         if self.armed:
             self.armed = False
-            async with await open_store(self.place.target) as store:
+            async with await open_store(self.place.target, **self.place.tables) as store:
                 await erase_session(store, SESSION, key_store=self.inner)
         return found
 
@@ -122,26 +122,62 @@ class EraseAfterLookup:
         return await self.inner.seed_session_ids()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (SECURITY.md): with a separate key store the seed is asked for in a "
-    "transaction of its own, so an erase that runs between that and the append leaves the "
-    "append's items under the destroyed seed",
-)
-async def test_a_writer_with_a_separate_key_store_meets_an_erase_between_lookup_and_append(
-    tmp_path: Path,
+async def live_seed_only(place: Place, keys: SQLiteKeyStore) -> None:
+    """Every stored envelope names the seed the key store holds now: none was left sealed
+    under the destroyed one."""
+    live = await keys.get_seed(SESSION)
+    assert live is not None
+    assert await seed_ids(place) == {live.seed_id}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "advanced", "sqlalchemy-sqlite", "sqlalchemy-pg"])
+async def test_a_writer_with_a_separate_key_store_writes_after_an_erase_under_the_new_seed(
+    tmp_path: Path, kind: str
 ) -> None:
-    place = Place("sqlite", tmp_path)
+    place = Place(kind, tmp_path)
+    keys = SQLiteKeyStore(tmp_path / "keys.db")
+    backend = place.backend()
+    writer = EncryptedSession(SESSION, backend, KEYRING, ttl=None, key_store=keys)
+    try:
+        await writer.add_items(BEFORE[:1])
+        await writer.add_items(BEFORE[1:])  # sealed under the remembered seed
+        async with await open_store(place.target, **place.tables) as store:
+            assert (await erase_session(store, SESSION, key_store=keys)).seed_destroyed
+        await writer.add_items(AFTER)  # lands under the destroyed seed: taken back, made again
+        assert await writer.get_items() == AFTER
+        await live_seed_only(place, keys)
+        reader_backend = place.backend()
+        async with EncryptedSession(
+            SESSION, reader_backend, KEYRING, ttl=None, key_store=keys
+        ) as reader:
+            assert await reader.get_items() == AFTER
+            assert await reader.verify_history() == len(AFTER)
+    finally:
+        await backend.close()
+        await keys.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "advanced", "sqlalchemy-sqlite"])
+async def test_a_writer_with_a_separate_key_store_meets_an_erase_between_lookup_and_append(
+    tmp_path: Path, kind: str
+) -> None:
+    place = Place(kind, tmp_path)
     keys = EraseAfterLookup(SQLiteKeyStore(tmp_path / "keys.db"), place)
     backend = place.backend()
     writer = EncryptedSession(SESSION, backend, KEYRING, ttl=None, key_store=keys)
     try:
         await writer.add_items(BEFORE)
-        keys.armed = True
+    finally:
+        await backend.close()
+    backend = place.backend()
+    writer = EncryptedSession(SESSION, backend, KEYRING, ttl=None, key_store=keys)
+    try:
+        keys.armed = True  # the fresh writer's lookup is followed at once by an erase
         await writer.add_items(AFTER[:1])
         await writer.add_items(AFTER[1:])
     finally:
         await backend.close()
+    await live_seed_only(place, keys.inner)
     reader_backend = place.backend()
     try:
         reader = EncryptedSession(SESSION, reader_backend, KEYRING, ttl=None, key_store=keys)
@@ -149,6 +185,31 @@ async def test_a_writer_with_a_separate_key_store_meets_an_erase_between_lookup_
     finally:
         await reader_backend.close()
         await keys.inner.close()
+
+
+async def test_a_foreign_session_writer_with_a_key_store_writes_after_a_clear_elsewhere(
+    tmp_path: Path,
+) -> None:
+    import agents
+
+    path = str(tmp_path / "sdk.db")
+    keys = SQLiteKeyStore(tmp_path / "keys.db")
+    writer = EncryptedSession(
+        SESSION, agents.SQLiteSession(SESSION, path), KEYRING, ttl=None, key_store=keys
+    )
+    other = EncryptedSession(
+        SESSION, agents.SQLiteSession(SESSION, path), KEYRING, ttl=None, key_store=keys
+    )
+    try:
+        await writer.add_items(BEFORE)
+        await other.clear_session()  # destroys the seed the writer remembers, then the rows
+        await writer.add_items(AFTER)
+        stored = await agents.SQLiteSession(SESSION, path).get_items()
+        live = await keys.get_seed(SESSION)
+        assert live is not None and {envelope["seed"] for envelope in stored} == {live.seed_id}
+        assert await other.get_items() == AFTER
+    finally:
+        await keys.close()
 
 
 class ErasedOnReadBack(SQLAlchemyKeyStore):
@@ -182,3 +243,72 @@ async def test_a_seed_erased_as_soon_as_kept_is_kept_again_or_refused(
             assert await store.get_seed(SESSION) is None
     finally:
         await store.close()
+
+
+async def test_an_append_taken_back_restores_the_head_it_replaced(tmp_path: Path) -> None:
+    from encmem._withdrawal import Written, withdraw_headed
+
+    backend = SQLiteSession(SESSION, str(tmp_path / "store.db"))
+    session = EncryptedSession(SESSION, backend, KEYRING, ttl=None)
+    try:
+        await session.add_items(BEFORE[:1])
+        first = await backend.get_head_and_items(1)
+        await session.add_items(BEFORE[1:2])
+        second = await backend.get_head_and_items(1)
+        appended = Written("main", first.head, second.head, [second.items[0].item])
+        await withdraw_headed(backend, appended)
+        after = await backend.get_head_and_items()
+        assert after.head == first.head
+        assert [stored.item for stored in after.items] == [first.items[0].item]
+        assert await session.get_items() == BEFORE[:1]
+        await withdraw_headed(backend, appended)  # already gone: nothing happens
+        assert (await backend.get_head_and_items()).head == first.head
+    finally:
+        await backend.close()
+
+
+async def test_an_append_with_items_after_it_is_not_taken_back(tmp_path: Path) -> None:
+    from encmem._withdrawal import Written, withdraw_headed
+
+    backend = SQLiteSession(SESSION, str(tmp_path / "store.db"))
+    session = EncryptedSession(SESSION, backend, KEYRING, ttl=None)
+    try:
+        await session.add_items(BEFORE[:1])
+        first = await backend.get_head_and_items(1)
+        await session.add_items(BEFORE[1:])  # another writer's items after the first append
+        appended = Written("main", None, str(first.head), [first.items[0].item])
+        with pytest.raises(StoreError, match="could not be taken back"):
+            await withdraw_headed(backend, appended)
+        assert await session.get_items() == BEFORE
+    finally:
+        await backend.close()
+
+
+class DestroyOnEveryLookup(SQLiteKeyStore):
+    """A key store whose seed, once armed, is destroyed at every lookup: an erase without end."""
+
+    armed = False
+
+    async def get_seed(self, session_id: str) -> Any:
+        if self.armed:
+            await self.destroy_seed(session_id)
+        return await super().get_seed(session_id)
+
+
+async def test_a_writer_whose_seed_is_destroyed_at_every_attempt_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    place = Place("sqlite", tmp_path)
+    keys = DestroyOnEveryLookup(tmp_path / "keys.db")
+    backend = place.backend()
+    writer = EncryptedSession(SESSION, backend, KEYRING, ttl=None, key_store=keys)
+    try:
+        await writer.add_items(BEFORE)
+        stored = await backend.get_items()
+        keys.armed = True
+        with pytest.raises(StoreError, match="at every attempt"):
+            await writer.add_items(AFTER)
+        assert await backend.get_items() == stored  # every attempt was taken back
+    finally:
+        await backend.close()
+        await keys.close()
