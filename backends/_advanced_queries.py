@@ -15,13 +15,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from encmem._items import CorruptRow, Item, decode_stored
-from encmem._protocol import StoredItem
 from encmem.errors import BranchError
 
 from . import _advanced_items as items
 from . import _heads as heads
 from ._advanced_schema import BRANCHES, STRUCTURE, USAGE
-from ._rows import decode_rows, plain_item
+from ._rows import Decode, decode_rows, plain_item
 
 logger = logging.getLogger("encmem.backends.advanced_sqlite")
 
@@ -245,7 +244,8 @@ def select_tail(
     branch: str,
     limit: int | None,
     before_id: int | None = None,
-) -> list[StoredItem]:
+    decode: Decode = decode_rows,
+) -> list[Any]:
     """The newest ``limit`` items of ``branch`` (all when None) older than ``before_id``."""
     bound = _bound(conn, scope, branch, before_id)
     rows = conn.execute(
@@ -256,7 +256,7 @@ def select_tail(
             ORDER BY s.sequence_number DESC LIMIT ?""",
         (scope.session_id, branch, bound, -1 if limit is None else limit),
     ).fetchall()
-    return decode_rows(rows)
+    return decode(rows)
 
 
 def drop_unused_messages(conn: sqlite3.Connection, scope: Scope, ids: Iterable[int]) -> None:

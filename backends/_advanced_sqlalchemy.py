@@ -42,7 +42,7 @@ from ._advanced_schema import BRANCHES
 from ._advanced_sqlalchemy_queries import AdvancedQueries
 from ._advanced_sqlalchemy_schema import AdvancedTables, create_advanced_tables
 from ._advanced_sqlalchemy_usage import UsageReports
-from ._rows import plain_items
+from ._rows import Decode, decode_rows, plain_items
 from ._sqlalchemy import SQLAlchemySession
 from ._sqlalchemy_ddl import missing_tables_error
 from ._sqlalchemy_schema import SessionTables
@@ -178,9 +178,9 @@ class AdvancedSQLAlchemySession(ContentQueries, SQLAlchemySession, UsageReports)
         return self._target(branch_id)
 
     async def _branch_rows(
-        self, conn: AsyncConnection, branch: str, limit: int | None
-    ) -> list[StoredItem]:
-        return await self._q.select_tail(conn, branch, limit, None)
+        self, conn: AsyncConnection, branch: str, limit: int | None, decode: Decode = decode_rows
+    ) -> list[Any]:
+        return await self._q.select_tail(conn, branch, limit, None, decode)
 
     async def _append_rows(
         self, conn: AsyncConnection, branch: str, items: Sequence[Item], texts: list[str]

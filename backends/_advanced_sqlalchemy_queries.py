@@ -32,14 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import ColumnElement
 
 from encmem._items import CorruptRow, Item, decode_stored
-from encmem._protocol import StoredItem
 from encmem.errors import BranchError
 
 from . import _advanced_items as classify
 from ._advanced_queries import MAIN
 from ._advanced_schema import BRANCHES
 from ._advanced_sqlalchemy_schema import AdvancedTables, utc_now
-from ._rows import decode_rows, plain_item
+from ._rows import Decode, decode_rows, plain_item
 
 T = TypeVar("T")
 #: ids per IN (...): far below any driver's bind-parameter limit
@@ -293,8 +292,13 @@ class AdvancedQueries:
         return 0 if found is None else int(found) + 1
 
     async def select_tail(
-        self, conn: AsyncConnection, branch: str, limit: int | None, before_id: int | None
-    ) -> list[StoredItem]:
+        self,
+        conn: AsyncConnection,
+        branch: str,
+        limit: int | None,
+        before_id: int | None,
+        decode: Decode = decode_rows,
+    ) -> list[Any]:
         """The newest ``limit`` items of ``branch`` (all when None) older than ``before_id``."""
         s, m = self._s, self._m
         query = (
@@ -307,7 +311,7 @@ class AdvancedQueries:
             query = query.where(s.c.sequence_number < await self._bound(conn, branch, before_id))
         if limit is not None:
             query = query.limit(limit)
-        return decode_rows((await conn.execute(query)).all())
+        return decode((await conn.execute(query)).all())
 
     async def drop_unused_messages(self, conn: AsyncConnection, ids: Sequence[int]) -> None:
         """Delete the messages no branch refers to any more (one index seek each)."""

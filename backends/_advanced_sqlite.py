@@ -37,7 +37,7 @@ from ._advanced_content import (
     run_usage,
 )
 from ._advanced_queries import MAIN, Scope
-from ._rows import plain_items
+from ._rows import Decode, decode_rows, plain_items
 from ._sqlite import SQLiteSession
 
 __all__ = ["AdvancedSQLiteSession", "BranchError"]
@@ -159,9 +159,9 @@ class AdvancedSQLiteSession(ContentQueries, SQLiteSession):
         return self._target(branch_id)
 
     def _branch_tail(
-        self, conn: sqlite3.Connection, branch: str, limit: int | None
-    ) -> list[StoredItem]:
-        return queries.select_tail(conn, self._scope, branch, limit)
+        self, conn: sqlite3.Connection, branch: str, limit: int | None, decode: Decode = decode_rows
+    ) -> list[Any]:
+        return queries.select_tail(conn, self._scope, branch, limit, decode=decode)
 
     def _newest(self, conn: sqlite3.Connection, branch: str) -> Item | CorruptRow | None:
         rows = queries.select_tail(conn, self._scope, branch, 1)

@@ -8,17 +8,26 @@ refuse or, when told to, skip with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from encmem._items import CorruptRow, Item, decode_stored
-from encmem._protocol import StoredItem
+from encmem._protocol import StoredItem, StoredText
 from encmem.errors import CorruptRowError
 
 
 def decode_rows(rows: Sequence[Any]) -> list[StoredItem]:
     """Newest-first (id, json) rows in, oldest-first stored items out."""
     return [StoredItem(int(row_id), decode_stored(data)) for row_id, data in reversed(rows)]
+
+
+def text_rows(rows: Sequence[Any]) -> list[StoredText]:
+    """Newest-first (id, json) rows in, oldest-first stored texts out (left undecoded)."""
+    return [StoredText(int(row_id), data) for row_id, data in reversed(rows)]
+
+
+Decode = Callable[[Sequence[Any]], list[Any]]
+"""How a query hands on its (id, json) rows: :func:`decode_rows` or :func:`text_rows`."""
 
 
 def corrupt_row_error(session_id: str, row_id: int, row: CorruptRow) -> CorruptRowError:

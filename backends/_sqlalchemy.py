@@ -35,7 +35,7 @@ from encmem._settings import SessionSettings, make_settings, resolve_limit
 from encmem.errors import MissingTablesError, SessionClosedError
 
 from ._identifiers import check_table_name
-from ._rows import decode_rows, plain_item, plain_items
+from ._rows import Decode, decode_rows, plain_item, plain_items
 from ._sqlalchemy_ddl import missing_tables_error
 from ._sqlalchemy_engine import (
     acquire_engine,
@@ -336,9 +336,9 @@ class SQLAlchemySession(HeadsOnSQLAlchemy, SeedsOnSQLAlchemy):
         return MAIN
 
     async def _branch_rows(
-        self, conn: AsyncConnection, branch: str, limit: int | None
-    ) -> list[StoredItem]:
-        return decode_rows(await self._sql.newest_rows(conn, self.session_id, limit, None))
+        self, conn: AsyncConnection, branch: str, limit: int | None, decode: Decode = decode_rows
+    ) -> list[Any]:
+        return decode(await self._sql.newest_rows(conn, self.session_id, limit, None))
 
     async def _append_rows(
         self, conn: AsyncConnection, branch: str, items: Sequence[Item], texts: list[str]

@@ -16,8 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 
 from encmem._items import Item
-from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, SeedChanged, StoredItem
+from encmem._protocol import (
+    ChainBuild,
+    HeadedItems,
+    HeadedTexts,
+    HeadUpdate,
+    SeedChanged,
+)
 from encmem._settings import SessionSettings, resolve_limit
+
+from ._rows import Decode, decode_rows, text_rows
 
 T = TypeVar("T")
 
@@ -137,8 +145,8 @@ class HeadsOnSQLAlchemy:
         raise NotImplementedError
 
     async def _branch_rows(
-        self, conn: AsyncConnection, branch: str, limit: int | None
-    ) -> list[StoredItem]:
+        self, conn: AsyncConnection, branch: str, limit: int | None, decode: Decode = decode_rows
+    ) -> list[Any]:
         raise NotImplementedError
 
     async def _append_rows(
@@ -160,6 +168,17 @@ class HeadsOnSQLAlchemy:
     ) -> HeadedItems:
         """The branch's stored head and newest ``limit`` items, as of one moment: the head
         is read before and after the items, and the read is repeated if it moved."""
+        return HeadedItems(*await self._head_snapshot(limit, branch_id, decode_rows))
+
+    async def get_head_and_texts(
+        self, limit: int | None = None, *, branch_id: str | None = None
+    ) -> HeadedTexts:
+        """:meth:`get_head_and_items` with the rows left as their stored JSON text."""
+        return HeadedTexts(*await self._head_snapshot(limit, branch_id, text_rows))
+
+    async def _head_snapshot(
+        self, limit: int | None, branch_id: str | None, decode: Decode
+    ) -> tuple[str, str | None, list[Any], bool]:
         effective = resolve_limit(limit, self.session_settings)
         branch = self._head_branch(branch_id)
         await self._require_heads()
@@ -167,10 +186,14 @@ class HeadsOnSQLAlchemy:
         async with self._transaction(write=False) as conn:
             while True:
                 head = await heads.read(conn, branch)
-                rows = await self._branch_rows(conn, branch, effective) if effective != 0 else []
+                rows = (
+                    await self._branch_rows(conn, branch, effective, decode)
+                    if effective != 0
+                    else []
+                )
                 if await heads.read(conn, branch) == head:
                     others = head is None and await heads.others(conn, branch)
-                    return HeadedItems(branch, head, rows, others)
+                    return branch, head, rows, others
 
     async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:
         """Append what ``build`` seals after reading the head under the writer lock (and,

@@ -31,7 +31,7 @@ from . import _seed_table as seed_table
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
 from ._residue import wipe_residue
-from ._rows import decode_rows, plain_item, plain_items
+from ._rows import Decode, decode_rows, plain_item, plain_items
 from ._sqlite_heads import HeadsOnSQLite
 from ._sqlite_key_store import SeedsOnSQLite
 
@@ -173,8 +173,12 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
     # -- rows -----------------------------------------------------------------------------
 
     def _select_tail(
-        self, conn: sqlite3.Connection, limit: int | None, before_id: int | None
-    ) -> list[StoredItem]:
+        self,
+        conn: sqlite3.Connection,
+        limit: int | None,
+        before_id: int | None,
+        decode: Decode = decode_rows,
+    ) -> list[Any]:
         """The newest ``limit`` rows (all when None) older than ``before_id``, in one query."""
         bound = before_id if before_id is not None else NO_BOUND
         rows = conn.execute(
@@ -182,7 +186,7 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
             "WHERE session_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             (self.session_id, bound, -1 if limit is None else limit),
         ).fetchall()
-        return decode_rows(rows)
+        return decode(rows)
 
     def _insert(self, conn: sqlite3.Connection, texts: Sequence[str]) -> list[int]:
         """Insert encoded items after upserting the session row; return their ids in order."""
@@ -336,6 +340,6 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
         return MAIN
 
     def _branch_tail(
-        self, conn: sqlite3.Connection, branch: str, limit: int | None
-    ) -> list[StoredItem]:
-        return self._select_tail(conn, limit, None)
+        self, conn: sqlite3.Connection, branch: str, limit: int | None, decode: Decode = decode_rows
+    ) -> list[Any]:
+        return self._select_tail(conn, limit, None, decode)

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from encmem._items import CorruptRow, Item, encode_envelopes
-from encmem._protocol import ChainBuild, HeadedItems, HeadUpdate, SeedChanged, StoredItem
+from encmem._protocol import (
+    ChainBuild,
+    HeadedItems,
+    HeadedTexts,
+    HeadUpdate,
+    SeedChanged,
+)
 from encmem._settings import SessionSettings, resolve_limit
 
 from . import _heads as heads
 from . import _seed_table as seed_table
 from . import _sqlite_connection as connections
+from ._rows import Decode, decode_rows, text_rows
 
 T = TypeVar("T")
 
@@ -49,8 +56,8 @@ class HeadsOnSQLite:
         raise NotImplementedError
 
     def _branch_tail(
-        self, conn: sqlite3.Connection, branch: str, limit: int | None
-    ) -> list[StoredItem]:
+        self, conn: sqlite3.Connection, branch: str, limit: int | None, decode: Decode = decode_rows
+    ) -> list[Any]:
         raise NotImplementedError
 
     def _newest(self, conn: sqlite3.Connection, branch: str) -> Item | CorruptRow | None:
@@ -74,16 +81,27 @@ class HeadsOnSQLite:
         self, limit: int | None = None, *, branch_id: str | None = None
     ) -> HeadedItems:
         """The branch's stored head and newest ``limit`` items, in one read snapshot."""
+        return HeadedItems(*await self._head_snapshot(limit, branch_id, decode_rows))
+
+    async def get_head_and_texts(
+        self, limit: int | None = None, *, branch_id: str | None = None
+    ) -> HeadedTexts:
+        """The branch's stored head and newest ``limit`` rows as text, in one read snapshot."""
+        return HeadedTexts(*await self._head_snapshot(limit, branch_id, text_rows))
+
+    async def _head_snapshot(
+        self, limit: int | None, branch_id: str | None, decode: Decode
+    ) -> tuple[str, str | None, list[Any], bool]:
         effective = resolve_limit(limit, self.session_settings)
         branch = self._head_branch(branch_id)
 
-        def read(conn: sqlite3.Connection) -> HeadedItems:
+        def read(conn: sqlite3.Connection) -> tuple[str, str | None, list[Any], bool]:
             head = heads.select(conn, self.messages_table, self.session_id, branch)
-            found = self._branch_tail(conn, branch, effective) if effective != 0 else []
+            found = self._branch_tail(conn, branch, effective, decode) if effective != 0 else []
             others = head is None and heads.others(
                 conn, self.messages_table, self.session_id, branch
             )
-            return HeadedItems(branch, head, found, others)
+            return branch, head, found, others
 
         return await self._read(lambda conn: connections.snapshot(conn, read))
 

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import agent_loop
 import concurrency
 import environment
 import pg
@@ -196,6 +197,18 @@ class Run:
                     )
 
             await self.extra("maintenance/sqlite", maint)
+
+        loop_turns, loop_rounds = (40, 1) if self.quick else (300, 2)
+
+        async def loop() -> list[dict[str, Any]]:
+            return await agent_loop.run_loop(self.key, loop_turns, loop_rounds)
+
+        await self.extra("agent-loop", loop)
+
+        async def memory() -> dict[str, Any]:
+            return await agent_loop.run_memory(self.key, 5_000 if self.quick else 100_000)
+
+        await self.extra("memory/sqlite/enc-full-read", memory)
 
         raw_n = 5_000 if self.quick else 100_000
 

@@ -91,9 +91,12 @@ def _all_missing(row: dict[str, Any], results: Results) -> bool:
 def from_extras(extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """PostgreSQL: the from_url load loses nothing and meets no error; AdvancedSQLAlchemySession's
     hot operations stay flat from the small history to the large one."""
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = _agent_loop(extras)
     for extra in extras:
         name = extra.get("name", "")
+        if name == "memory/sqlite/enc-full-read" and extra.get("peak_over_items"):
+            label = f"full read of {extra['items']:,} encrypted items: peak memory / items"
+            rows.append(_row(label, extra["peak_over_items"], "<=", 3))
         if name == "pg/from-url-load" and "errors" in extra:
             value = extra["errors"] + abs(extra["lost"])
             rows.append(_row(f"{name} errors + items lost", value, "<=", 0))
@@ -102,4 +105,26 @@ def from_extras(extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for op in ("tail20", "pop", "usage", "add_turn"):
                 label = f"encmem advanced-pg/{name[8:]} {op} t({large})/t({small})"
                 rows.append(_row(label, extra[f"{op}_ratio"], "<=", 1.5))
+    return rows
+
+
+def _agent_loop(extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Runner's loop (full read, then add, every turn): encmem's time against the SDK's."""
+    seconds = {
+        e["name"][len("agent-loop/") :]: e["seconds"]
+        for e in extras
+        if e.get("name", "").startswith("agent-loop/") and "seconds" in e
+    }
+    wanted = [
+        ("sqlite/enc", "sqlite/enc", ">=", 3.0),
+        ("advanced/enc", "advanced/enc", ">=", 3.0),
+        ("sqlite/enc", "sqlite/plain", ">=", 0.8),
+        ("sqlite/plain", "sqlite/plain", ">=", 1.0),
+    ]
+    rows: list[dict[str, Any]] = []
+    for mine, theirs, op, bound in wanted:
+        ours, sdk = seconds.get(f"encmem/{mine}"), seconds.get(f"sdk/{theirs}")
+        if ours and sdk:
+            label = f"agent loop: encmem {mine} x SDK {theirs}"
+            rows.append(_row(label, sdk / ours, op, bound))
     return rows

@@ -171,7 +171,8 @@ def _check_clear_fields(obj: dict[str, Any], item: Item, envelope_keys: frozense
             raise TamperedItemError("the envelope's clear fields do not match its sealed content")
 
 
-def _check_seal_time(sealed_at: int, now: float) -> None:
+def check_seal_time(sealed_at: int, now: float) -> None:
+    """Refuse a seal time further ahead of the clock than Fernet allows."""
     if sealed_at > now + MAX_CLOCK_SKEW:
         raise TamperedItemError(
             f"the item's seal time is {int(sealed_at - now)} s ahead of this reader's clock, "
@@ -253,7 +254,7 @@ class Opener:
         With ``remember=False`` the plaintext is not cached (a long read would only churn it).
         """
         opened = self._open(obj, remember)
-        _check_seal_time(opened.sealed_at, self._clock())
+        check_seal_time(opened.sealed_at, self._clock())
         return opened
 
     def _open(self, obj: object, remember: bool) -> Opened:
@@ -299,10 +300,7 @@ class Opener:
         cached = self._cache.get(token) if self._cache_size else None
         if cached is not None and same_envelope(cached[0], obj):
             # The very envelope that was verified before: same token, kid and clear fields.
-            # Its JSON text was checked then; each hit parses a fresh copy for the caller.
-            value = scan_json(cached[1], 0)[0]
-            item = value["item"] if cached[3] is not None else value
-            return Opened(item, cached[2], kid, version, cached[3], seed_id)
+            return _reopened(cached)
         key = self._key(kid, seed_id)
         if key is None:
             raise UnknownKeyIdError(
@@ -332,6 +330,11 @@ class Opener:
                 del self._cache[next(iter(self._cache))]  # the oldest entry
         return Opened(item, sealed_at, kid, version, link, seed_id)
 
+    @property
+    def cache_size(self) -> int:
+        """How many verified plaintexts are kept at most."""
+        return self._cache_size
+
     def sealed_plaintext(self, obj: Item, opened: Opened) -> bytes:
         """The exact plaintext of an envelope that opened (to re-seal it under another key)."""
         key = self._key(opened.kid, opened.seed_id)
@@ -349,6 +352,15 @@ class Opener:
             "an Agents SDK (v1) item failed authentication under every key of the keyring; "
             "pass the key the SDK used (Keyring(..., sdk_keys=[...]) for a non-Fernet key)"
         )
+
+
+def _reopened(cached: tuple[dict[str, Any], str, int, Link | None]) -> Opened:
+    """A kept plaintext as an opened item: its JSON text was checked when it was first opened;
+    each call parses a fresh copy for the caller."""
+    envelope, text, sealed_at, link = cached
+    value = scan_json(text, 0)[0]
+    item = value["item"] if link is not None else value
+    return Opened(item, sealed_at, envelope["kid"], envelope["v"], link, envelope.get("seed"))
 
 
 def open_envelope(

@@ -43,6 +43,45 @@ def same_json(a: object, b: object) -> bool:
     return a == b
 
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+_SHALLOW = 48
+"""Nesting copied by recursion (fast); deeper parts are copied with a stack of their own."""
+
+
+def copy_json(value: Any, depth: int = 0) -> Any:
+    """A deep copy of a decoded JSON value (dicts, lists and immutable atoms only), several
+    times faster than parsing its text again or ``copy.deepcopy``, at any depth."""
+    if depth > _SHALLOW:
+        return _copy_deep(value)
+    if type(value) is dict:
+        copied = value.copy()
+        for key, member in copied.items():
+            if type(member) not in _ATOMS:
+                copied[key] = copy_json(member, depth + 1)
+        return copied
+    if type(value) is list:
+        return [m if type(m) in _ATOMS else copy_json(m, depth + 1) for m in value]
+    return value
+
+
+def _copy_deep(value: Any) -> Any:
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return value
+    top = value.copy()
+    pending = [top]
+    while pending:
+        node = pending.pop()
+        members = node.items() if type(node) is dict else enumerate(node)
+        for key, member in members:
+            kind = type(member)
+            if kind is dict or kind is list:
+                # Replacing the value of a key or index already there never resizes ``node``.
+                member = node[key] = member.copy()
+                pending.append(member)
+    return top
+
+
 _PLAIN_TYPES = frozenset({str, int})
 
 

@@ -200,3 +200,14 @@ def _seqs(entries: Sequence[Entry]) -> dict[int, str]:
     return {
         e.link.seq: e.link.digest for e in entries if e.link is not None and e.link is not UNREAD
     }
+
+
+def continues(last: Link, entries: Sequence[Entry], head: Head) -> bool:
+    """Whether ``entries`` are chained items that follow ``last`` one by one and end where
+    ``head`` says (a history checked before, grown by appends only)."""
+    seq, digest = last.seq, last.digest
+    for _, link in entries:
+        if link is None or link.seq != seq + 1 or link.prev != digest:
+            return False
+        seq, digest = link.seq, link.digest
+    return (seq, digest) == (head.seq, head.link)

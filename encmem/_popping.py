@@ -42,6 +42,7 @@ async def pop_by_id(reader: Reader, fetch: Fetch, delete: Delete) -> Item | None
             before, position = None, 0  # another writer took it first; start again
             continue
         reader.opener.forget(obj)
+        reader.known.forget(item_id)
         if not is_expired(opened.sealed_at, reader.rules.ttl, now):
             return opened.item
 
@@ -77,6 +78,7 @@ async def pop_headed(reader: Reader, heads: HistoryHead, chainer: Chainer) -> It
         if deleted == 0:
             continue  # another writer took it first; start again
         reader.opener.forget(stored.item)
+        reader.known.forget(stored.id)
         if not is_expired(opened.sealed_at, reader.rules.ttl, now):
             return opened.item
 

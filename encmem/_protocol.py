@@ -42,6 +42,14 @@ class StoredItem(NamedTuple):
     item: Item | CorruptRow
 
 
+class StoredText(NamedTuple):
+    """A stored row as its JSON text, not yet decoded: a reader that opened the very same
+    text before needs neither to decode nor to decrypt it again."""
+
+    id: int
+    text: str | bytes
+
+
 @runtime_checkable
 class ItemAddressing(Protocol):
     """Read items together with their storage ids, and delete or replace them by id.
@@ -153,6 +161,15 @@ class HeadedItems(NamedTuple):
     """Whether other branches of the session have heads (then this one must have one)."""
 
 
+class HeadedTexts(NamedTuple):
+    """A branch's stored head and rows, undecoded, read in one snapshot (see HeadedItems)."""
+
+    branch: str
+    head: str | None
+    items: list[StoredText]
+    others: bool = False
+
+
 @runtime_checkable
 class HistoryHead(Protocol):
     """An opaque head per session and branch, read and written with the items it covers.
@@ -166,6 +183,12 @@ class HistoryHead(Protocol):
         self, limit: int | None = None, *, branch_id: str | None = None
     ) -> HeadedItems:
         """The branch's head and its newest ``limit`` items (all when None), one snapshot."""
+        ...
+
+    async def get_head_and_texts(
+        self, limit: int | None = None, *, branch_id: str | None = None
+    ) -> HeadedTexts:
+        """:meth:`get_head_and_items` with the rows left as their stored JSON text."""
         ...
 
     async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:

@@ -11,10 +11,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
-from ._chain import Head, open_head
-from ._envelope import Opened, Opener
-from ._history import UNREAD, Entry, find_break, trusted_from
-from ._items import Item
+from ._chain import Head, Link, open_head
+from ._envelope import MAX_CLOCK_SKEW, Opened, Opener
+from ._history import UNREAD, Entry, continues, find_break, trusted_from
+from ._items import Item, decode_stored
+from ._known_rows import Decoded, Kept, KnownRows
 from ._protocol import StoredItem
 from ._seeds import SeedMap
 from .errors import DecryptionError, ScanBudgetExceeded
@@ -79,11 +80,15 @@ class BranchHead(NamedTuple):
 class Reader:
     """Opens one session's stored objects under its rules and checks them as a history."""
 
-    __slots__ = ("_heads", "opener", "refresh_seeds", "rules")
+    __slots__ = ("_checked", "_heads", "known", "opener", "refresh_seeds", "rules")
 
     def __init__(self, rules: ReadRules, opener: Opener) -> None:
         self.rules = rules
         self.opener = opener
+        self.known = KnownRows(opener, opener.cache_size)
+        self._checked: dict[str, tuple[list[Entry], Link, Head]] = {}
+        """Per branch: the entries of its last whole read found sound, the last link, and
+        the head they were checked against."""
         self._heads: dict[str, tuple[str, Head]] = {}
         self.refresh_seeds: Callable[[], Awaitable[SeedMap | None]] | None = None
         """Asks the key store for the session's seeds again (set by EncryptedSession)."""
@@ -95,7 +100,9 @@ class Reader:
         if known is None or self.refresh_seeds is None:
             return
         for row in rows:
-            obj = row.item if isinstance(row, StoredItem) else row
+            if type(row) is Kept:
+                continue  # opened before: its seed is known
+            obj = row.item if isinstance(row, StoredItem | Decoded) else row
             seed_id = obj.get("seed") if isinstance(obj, dict) else None
             if isinstance(seed_id, str) and seed_id not in known:
                 self.opener.seeds = await self.refresh_seeds()
@@ -154,6 +161,17 @@ class Reader:
             self.refuse(exc, position, item_id, "skipped")
             return None
 
+    def _open_row(self, row: Kept | Decoded, position: int, remember: bool) -> Opened | None:
+        """Open a row seen for the first time (or one opened before whose seal time is now
+        too far ahead of the clock: it is refused as it would be the first time)."""
+        if isinstance(row, Kept):
+            row = Decoded(row.id, decode_stored(row.text), row.text)
+        try:
+            return self.known.open(row, remember)
+        except DecryptionError as exc:
+            self.refuse(exc, position, row.id, "skipped")
+            return None
+
     def _charge(self, scanned: int) -> None:
         budget = self.rules.max_scan_items
         if budget is not None and scanned > budget:
@@ -165,14 +183,26 @@ class Reader:
             )
 
     def _open_rows(
-        self, rows: Sequence[Any], total: int, remember_from: int
+        self, rows: list[Any], total: int, remember_from: int, consume: bool = False
     ) -> list[tuple[Entry, Opened | None]]:
-        """Open stored rows (oldest first); ``total - index`` is each one's position."""
+        """Open stored rows (oldest first); ``total - index`` is each one's position. A row
+        opened before comes as a copy of what it held then. With ``consume``, each row is
+        dropped from ``rows`` once opened (a long read holds rows and items at once less)."""
         opened_rows: list[tuple[Entry, Opened | None]] = []
+        skew = self.rules.clock() + MAX_CLOCK_SKEW
         for index, row in enumerate(rows):
-            item_id, obj = (row.id, row.item) if isinstance(row, StoredItem) else (-1, row)
-            where = item_id if item_id >= 0 else None
-            opened = self.open_any(obj, total - index, where, index >= remember_from)
+            if consume:
+                rows[index] = None
+            if type(row) is Kept and row.opened.sealed_at <= skew:
+                opened_rows.append((row.entry, row.copy()))
+                continue
+            if isinstance(row, Kept | Decoded):
+                opened = self._open_row(row, total - index, index >= remember_from)
+                where: int | None = row.id
+            else:
+                item_id, obj = (row.id, row.item) if isinstance(row, StoredItem) else (-1, row)
+                where = item_id if item_id >= 0 else None
+                opened = self.open_any(obj, total - index, where, index >= remember_from)
             link = UNREAD if opened is None else opened.link
             opened_rows.append((Entry(where, link), opened))
         return opened_rows
@@ -190,9 +220,16 @@ class Reader:
         sound. Raise mode raises at a break; skip mode logs it once and keeps the rows that
         link back unbroken from the head (without a head: the rows before the break)."""
         entries = [entry for entry, _ in opened_rows]
+        if complete and self._grown(name or MAIN, entries, head.head):
+            return opened_rows
         found = find_break(
             entries, head.head, complete=complete, headed=headed, head_expected=head.expected
         )
+        if found is None and complete and head.head is not None and entries:
+            last = entries[-1].link
+            # Not past an unreadable item (skip mode): only what follows it is trusted.
+            if last is not None and all(entry.link is not UNREAD for entry in entries):
+                self._checked[name or MAIN] = (entries, last, head.head)
         if found is not None:
             error = head.refused or found.error(entries, name)
             self.refuse(error, error.position, error.item_id, "stopped reading at")
@@ -203,6 +240,21 @@ class Reader:
         if found is None:
             return opened_rows
         return [] if headed else opened_rows[: found.at]
+
+    def _grown(self, branch: str, entries: list[Entry], head: Head | None) -> bool:
+        """Whether ``entries`` are the branch's history this reader found sound last time,
+        unchanged, followed by appended items only, up to ``head``: then what was checked
+        then needs no second check."""
+        checked = self._checked.get(branch)
+        if checked is None or head is None:
+            return False
+        before, last, then = checked
+        if (head.floor, head.legacy) != (then.floor, then.legacy) or len(entries) < len(before):
+            return False
+        # Rows opened before come with the very Entry objects they had: a C-speed compare.
+        if entries[: len(before)] != before:
+            return False
+        return continues(last, entries[len(before) :], head)
 
     def _settle(
         self,
@@ -228,8 +280,9 @@ class Reader:
         """Every row of a whole branch opened (expired ones too), its head and its name."""
         name, stored_head, rows, expected = await branch.newest(None)
         self._charge(len(rows))
+        rows = self.known.sort(rows)
         await self.know_seeds(rows)
-        opened_rows = self._open_rows(rows, len(rows), len(rows) - cache_size)
+        opened_rows = self._open_rows(rows, len(rows), len(rows) - cache_size, consume=True)
         return opened_rows, self.head(stored_head, name or MAIN, expected), name
 
     async def read_all(self, branch: Branch, now: float, cache_size: int) -> list[Item]:
@@ -243,6 +296,7 @@ class Reader:
         name, stored_head, rows, expected = await branch.newest(limit)
         window = limit
         complete = len(rows) < window
+        rows = self.known.sort(rows)
         await self.know_seeds(rows)
         opened_rows = self._open_rows(rows, len(rows), 0)
         while not complete and _usable(opened_rows, self.rules.ttl, now) < limit:

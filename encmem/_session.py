@@ -80,7 +80,7 @@ class EncryptedSession:
         *,
         on_invalid: OnInvalid = "raise",
         clock: Callable[[], float] = time.time,
-        plaintext_cache: int = 1024,
+        plaintext_cache: int = 4096,
         max_item_bytes: int | None = DEFAULT_MAX_ITEM_BYTES,
         key_store: KeyStore | None = None,
     ) -> None:

@@ -44,7 +44,7 @@ def branch_source(
     if heads is not None:
 
         async def headed(limit: int | None) -> Newest:
-            found = await heads.get_head_and_items(limit, branch_id=branch_id)
+            found = await heads.get_head_and_texts(limit, branch_id=branch_id)
             return found.branch, found.head, found.items, found.others
 
         return Branch(headed, fetch, True)

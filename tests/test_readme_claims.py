@@ -321,11 +321,11 @@ async def decrypt_calls(read: Any) -> int:
     return calls
 
 
-@pytest.mark.parametrize(("size", "cache", "again"), [(10, 1024, 0), (10, 0, 10), (1030, 1024, 6)])
+@pytest.mark.parametrize(("size", "cache", "again"), [(10, 4096, 0), (10, 0, 10), (4100, 4096, 4)])
 async def test_repeated_reads_decrypt_only_what_the_cache_cannot_hold(
     tmp_path: Path, size: int, cache: int, again: int
 ) -> None:
-    kwargs = {} if cache == 1024 else {"plaintext_cache": cache}  # 1024 is the default
+    kwargs = {} if cache == 4096 else {"plaintext_cache": cache}  # 4096 is the default
     async with sealed(tmp_path / "c.db", generate_key(), **kwargs) as session:
         await session.add_items([{"role": "user", "content": f"m{n}"} for n in range(size)])
         # The first read also opens the history head, once; it is remembered after that.
