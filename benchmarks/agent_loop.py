@@ -65,9 +65,10 @@ async def run_loop(key: str, turns: int, rounds: int) -> list[dict[str, Any]]:
 
 
 async def run_memory(key: str, items: int) -> dict[str, Any]:
-    """Peak Python allocations of one whole encrypted read, over what its result holds."""
-    from encmem import EncryptedSession, Keyring
+    """Peak Python allocations of one whole encrypted read, over the size of its items."""
     from encmem.backends import SQLiteSession
+
+    from encmem import EncryptedSession, Keyring
 
     with tempfile.TemporaryDirectory(prefix="encmem-bench-") as tmp:
         path = str(Path(tmp) / "memory.db")
