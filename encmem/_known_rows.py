@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ._envelope import Opened, Opener
-from ._exact_json import copy_json
 from ._history import Entry
 from ._items import CorruptRow, Item, decode_stored
 from ._protocol import StoredText
@@ -27,23 +26,16 @@ class Decoded(NamedTuple):
 
 
 class Kept(NamedTuple):
-    """A stored row opened before: its text, what was opened from it (never handed out
-    itself), and its entry for the history check."""
+    """A stored row opened before: its text, and its entry for the history check with what
+    was opened from it (never handed out itself: readers hand out copies)."""
 
     text: str | bytes
-    opened: Opened
-    entry: Entry
+    pair: tuple[Entry, Opened]
 
     @property
     def id(self) -> int:
         """The row's storage id."""
-        return self.entry.item_id or 0
-
-    def copy(self) -> Opened:
-        kept = self.opened
-        return Opened(
-            copy_json(kept.item), kept.sealed_at, kept.kid, kept.version, kept.link, kept.seed_id
-        )
+        return self.pair[0].item_id or 0
 
 
 class KnownRows:
@@ -56,29 +48,32 @@ class KnownRows:
         self._size = size
         self._rows: dict[int, Kept] = {}
 
-    def sort(self, rows: list[Any]) -> list[Any]:
+    def sort(self, rows: list[Any]) -> tuple[list[Any], bool]:
         """``rows`` with every stored text opened before as :class:`Kept`, and every other
-        decoded (so that the seeds its items name can be looked up before it is opened)."""
+        decoded (so that the seeds its items name can be looked up before it is opened);
+        and whether any row is not :class:`Kept`."""
         known = self._rows
         out: list[Any] = []
+        others = False
         for row in rows:
             if type(row) is StoredText:
                 kept = known.get(row.id)
                 if kept is not None and kept.text == row.text:
-                    row = kept
-                else:
-                    row = Decoded(row.id, decode_stored(row.text), row.text)
+                    out.append(kept)
+                    continue
+                row = Decoded(row.id, decode_stored(row.text), row.text)
             out.append(row)
-        return out
+            others = True
+        return out, others
 
     def open(self, row: Decoded, remember: bool) -> Opened:
-        """Open a row seen for the first time, and keep it when ``remember``."""
+        """Open a row seen for the first time, and keep it when ``remember`` (what it
+        returns is then kept too: the caller must copy items before handing them out)."""
         opened = self.opener.open(row.item, remember=False)
         if remember and self._size:
-            self._rows[row.id] = Kept(row.text, opened, Entry(row.id, opened.link))
+            self._rows[row.id] = Kept(row.text, (Entry(row.id, opened.link), opened))
             if len(self._rows) > self._size:
                 del self._rows[next(iter(self._rows))]  # the oldest entry
-            return opened._replace(item=copy_json(opened.item))
         return opened
 
     def forget(self, item_id: int) -> None:

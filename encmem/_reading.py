@@ -13,6 +13,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from ._chain import Head, Link, open_head
 from ._envelope import MAX_CLOCK_SKEW, Opened, Opener
+from ._exact_json import copy_json
 from ._history import UNREAD, Entry, continues, find_break, trusted_from
 from ._items import Item, decode_stored
 from ._known_rows import Decoded, Kept, KnownRows
@@ -185,16 +186,17 @@ class Reader:
     def _open_rows(
         self, rows: list[Any], total: int, remember_from: int, consume: bool = False
     ) -> list[tuple[Entry, Opened | None]]:
-        """Open stored rows (oldest first); ``total - index`` is each one's position. A row
-        opened before comes as a copy of what it held then. With ``consume``, each row is
-        dropped from ``rows`` once opened (a long read holds rows and items at once less)."""
+        """Open stored rows (oldest first); ``total - index`` is each one's position. Items
+        may be the reader's own kept objects: whoever hands them out copies them. With
+        ``consume``, each row is dropped from ``rows`` once opened (a long read then holds
+        fewer rows and items at once)."""
         opened_rows: list[tuple[Entry, Opened | None]] = []
         skew = self.rules.clock() + MAX_CLOCK_SKEW
         for index, row in enumerate(rows):
             if consume:
                 rows[index] = None
-            if type(row) is Kept and row.opened.sealed_at <= skew:
-                opened_rows.append((row.entry, row.copy()))
+            if type(row) is Kept and row.pair[1].sealed_at <= skew:
+                opened_rows.append(row.pair)
                 continue
             if isinstance(row, Kept | Decoded):
                 opened = self._open_row(row, total - index, index >= remember_from)
@@ -265,13 +267,15 @@ class Reader:
         complete: bool,
         now: float,
     ) -> list[Item]:
-        """The readable, unexpired items before any break of the chain."""
+        """Copies of the readable, unexpired items before any break of the chain."""
         opened_rows = self.check(opened_rows, head, name, complete=complete, headed=branch.headed)
         ttl = self.rules.ttl
-        return [
-            opened.item
+        if ttl is None:
+            return [copy_json(opened.item) for _, opened in opened_rows if opened is not None]
+        return [  # is_expired() inlined: this runs for every item of every read
+            copy_json(opened.item)
             for _, opened in opened_rows
-            if opened is not None and not is_expired(opened.sealed_at, ttl, now)
+            if opened is not None and opened.sealed_at + ttl + 1 > now
         ]
 
     async def open_branch(
@@ -280,8 +284,9 @@ class Reader:
         """Every row of a whole branch opened (expired ones too), its head and its name."""
         name, stored_head, rows, expected = await branch.newest(None)
         self._charge(len(rows))
-        rows = self.known.sort(rows)
-        await self.know_seeds(rows)
+        rows, new = self.known.sort(rows)
+        if new:
+            await self.know_seeds(rows)
         opened_rows = self._open_rows(rows, len(rows), len(rows) - cache_size, consume=True)
         return opened_rows, self.head(stored_head, name or MAIN, expected), name
 
@@ -296,8 +301,9 @@ class Reader:
         name, stored_head, rows, expected = await branch.newest(limit)
         window = limit
         complete = len(rows) < window
-        rows = self.known.sort(rows)
-        await self.know_seeds(rows)
+        rows, new = self.known.sort(rows)
+        if new:
+            await self.know_seeds(rows)
         opened_rows = self._open_rows(rows, len(rows), 0)
         while not complete and _usable(opened_rows, self.rules.ttl, now) < limit:
             self._charge(len(opened_rows))

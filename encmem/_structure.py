@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from ._envelope import Opened
+from ._exact_json import copy_json
 from ._history import Entry
 from ._items import Item
 from ._protocol import TurnRow
@@ -108,5 +109,7 @@ async def verified_turns(
         ]
     now, ttl = reader.rules.clock(), reader.rules.ttl
     return [
-        (row, opened.item) for row, opened in numbered if not is_expired(opened.sealed_at, ttl, now)
+        (row, copy_json(opened.item))  # the reader's items may be its own kept objects
+        for row, opened in numbered
+        if not is_expired(opened.sealed_at, ttl, now)
     ]
