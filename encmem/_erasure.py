@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ._protocol import Capabilities, ErasableStore, KeyStore, SessionStore
+from ._protocol import Capabilities, ErasableStore, ErasedRows, KeyStore, SessionStore
 from .errors import StoreError
 
 Progress = Callable[[int, int], None]
@@ -101,6 +101,10 @@ async def erase_session(
         notes.append("the key store's WAL still holds the seed's old page until its readers finish")
     if isinstance(store, ErasableStore):
         erased = await store.erase_rows(session_id)
+        if key_store is not None and (await key_store.destroy_seed(session_id)).existed:
+            # A writer made the session a new seed between the two stores' steps: its seed
+            # goes too, then whatever it wrote (no transaction spans a separate key store).
+            erased = _added(erased, await store.erase_rows(session_id))
         rows, pending, residue = erased.rows, erased.residue_pending, erased.residue
         hits = await store.residue_hits(session_id, tokens)
     else:
@@ -123,6 +127,14 @@ async def erase_session(
         encmem_version=__version__,
         notes=notes,
     )
+
+
+def _added(first: ErasedRows, second: ErasedRows) -> ErasedRows:
+    """Two row deletions of one erase, as one."""
+    rows = dict(first.rows)
+    for table, count in second.rows.items():
+        rows[table] = rows.get(table, 0) + count
+    return second._replace(rows=rows)
 
 
 async def idle_sessions(store: SessionStore, idle_seconds: float, now: float) -> list[str]:

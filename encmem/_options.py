@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 from ._items import check_session_id
 from ._protocol import KeyStore, Session
@@ -108,4 +109,17 @@ def check_key_store(key_store: object) -> KeyStore | None:
     raise TypeError(
         f"key_store must be a key store (encmem.backends.SQLiteKeyStore or "
         f"SQLAlchemyKeyStore), not {type(key_store).__name__}"
+    )
+
+
+def accepts_keyword(method: Any, name: str) -> bool:
+    """Whether ``method`` takes a keyword argument called ``name``."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.name == name
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        for p in parameters
     )

@@ -21,6 +21,7 @@ from ._items import DEFAULT_MAX_ITEM_BYTES, Item
 from ._keys import KeyInput, Keyring, as_keyring
 from ._options import (
     HISTORY_METHODS,
+    accepts_keyword,
     check_cache_size,
     check_key_store,
     check_max_item_bytes,
@@ -43,19 +44,6 @@ from .errors import DecryptionError, HistoryTamperedError
 _REFUSED_ATTRIBUTES = frozenset({"run_compaction"})
 
 Progress = Callable[[int], None]
-
-
-def _accepts(method: Any, name: str) -> bool:
-    """Whether ``method`` takes a keyword argument called ``name``."""
-    try:
-        parameters = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(
-        p.name == name
-        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        for p in parameters
-    )
 
 
 class EncryptedSession:
@@ -102,7 +90,7 @@ class EncryptedSession:
         self._caps = Capabilities.of(underlying)
         self.keyring = as_keyring(encryption_key)
         self._forward_wrapper = all(
-            _accepts(getattr(underlying, name), "wrapper") for name in HISTORY_METHODS
+            accepts_keyword(getattr(underlying, name), "wrapper") for name in HISTORY_METHODS
         )
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -329,21 +317,28 @@ class EncryptedSession:
         _, head = await verify_branch(self._reader, self._branch(branch_id))
         return _anchor(self.keyring, self.session_id, head)
 
+    async def _unremembering_reader(self) -> Reader:
+        """A reader that keeps nothing from before, with the seeds the key store holds now
+        (an object keeps its seed while it lives; a check must not)."""
+        opener = Opener(self.keyring, self.session_id, 0, self._now)
+        opener.seeds = await self._seeds.load(refresh=True)
+        return Reader(self, opener)
+
     async def verify_history(self, anchor: str | None = None, branch_id: str | None = None) -> int:
         """Check the whole branch as a chain, and its turn structure where it has one
         (whatever ``on_invalid`` says), and, given an ``anchor`` from :meth:`history_head`,
         that the branch still ends there. Returns how many items it checked; raises
         HistoryTamperedError (or another DecryptionError)."""
         branch = self._branch(branch_id)
-        await self._load_seeds()
-        count, head = await verify_branch(self._reader, branch)
+        reader = await self._unremembering_reader()
+        count, head = await verify_branch(reader, branch)
         source = self._caps.user_turns
         if source is not None:
 
             def rows() -> Awaitable[list[TurnRow]]:
                 return source.get_user_turn_items(branch_id)
 
-            await verified_turns(strict_reader(self._reader), branch, rows)
+            await verified_turns(strict_reader(reader), branch, rows)
         kid = None if anchor is None else anchor_kid(anchor)
         if anchor is not None and (
             kid is None or _anchor(self.keyring, self.session_id, head, kid) != anchor

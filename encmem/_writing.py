@@ -207,14 +207,14 @@ class Chainer:
     ) -> None:
         """Seal and append ``items`` in one transaction of a store that keeps heads.
 
-        A seed this writer used before is not asked for again. Where the session store keeps
-        the seeds, the append's transaction checks it is still the session's; with a separate
-        key store, the key store is asked after the append, and an append whose seed an erase
-        destroyed meanwhile is taken back. Either way, on a change the seed is asked for and
-        the append made again.
+        Where the session store keeps the seeds, a seed this writer used before is not asked
+        for again: the append's transaction checks it is still the session's. A separate key
+        store is asked before the append and again after it, and an append whose seed an
+        erase destroyed meanwhile is taken back. Either way, on a change the seed is asked
+        for and the append made again.
         """
         held: bool = cast(object, seeds.store) is heads  # the session store keeps its seeds
-        remembered = True
+        remembered = held
         for _ in range(_SEED_ATTEMPTS):
             seed = await seeds.for_writing(remembered)
             remembered = False
@@ -241,8 +241,8 @@ class Chainer:
     ) -> None:
         """Chain after the session's newest item (no head to keep: one writer at a time);
         an append whose seed an erase destroyed meanwhile is taken back and made again."""
-        for remembered in (True, *[False] * (_SEED_ATTEMPTS - 1)):
-            seed = await seeds.for_writing(remembered)
+        for _ in range(_SEED_ATTEMPTS):
+            seed = await seeds.for_writing()
             async with _append_lock(self.rules.session_id):
                 newest = await session.get_items(1, **kwargs)
                 link = self.link_of(newest[-1] if newest else None)
