@@ -37,7 +37,7 @@ from ._advanced_content import (
     run_usage,
 )
 from ._advanced_queries import MAIN, Scope
-from ._rows import Decode, decode_rows, plain_items
+from ._rows import Decode, decode_rows, text_rows
 from ._sqlite import SQLiteSession
 
 __all__ = ["AdvancedSQLiteSession", "BranchError"]
@@ -135,7 +135,14 @@ class AdvancedSQLiteSession(ContentQueries, SQLiteSession):
 
     async def get_items(self, limit: int | None = None, branch_id: str | None = None) -> list[Item]:
         """Items of the current branch (or ``branch_id``), oldest first; the newest ``limit``."""
-        return plain_items(self.session_id, await self.get_stored_items(limit, branch_id=branch_id))
+        effective = resolve_limit(limit, self.session_settings)
+        if effective == 0:
+            return []
+        scope, branch = self._scope, self._target(branch_id)
+        rows = await self._read(
+            lambda conn: queries.select_tail(conn, scope, branch, effective, decode=text_rows)
+        )
+        return self._known_items.items(self.session_id, rows)
 
     async def pop_item(self) -> Item | None:
         """Remove and return the newest item of the current branch (None when it is empty)."""

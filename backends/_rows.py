@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from encmem._exact_json import copy_json
 from encmem._items import CorruptRow, Item, decode_stored
 from encmem._protocol import StoredItem, StoredText
 from encmem.errors import CorruptRowError
@@ -27,6 +28,33 @@ def text_rows(rows: Sequence[Any]) -> list[StoredText]:
 
 
 Decode = Callable[[Sequence[Any]], list[Any]]
+"""How a query hands on its (id, json) rows: :func:`decode_rows` or :func:`text_rows`."""
+
+KEPT_ITEMS = 4096
+"""Items a plain session object keeps decoded, at most (oldest out first)."""
+
+
+class KnownItems:
+    """Items a plain session object decoded before, by storage id and exact stored text: the
+    same row read again is copied, not parsed again (each caller gets its own copy)."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[str | bytes, Item]] = {}
+
+    def items(self, session_id: str, rows: Sequence[StoredText]) -> list[Item]:
+        """The items of ``rows`` (oldest first); CorruptRowError at the first that holds none."""
+        known = self._rows
+        found: list[Item] = []
+        for row_id, text in rows:
+            kept = known.get(row_id)
+            if kept is None or kept[0] != text:
+                kept = known[row_id] = (text, plain_item(session_id, row_id, decode_stored(text)))
+                if len(known) > KEPT_ITEMS:
+                    del known[next(iter(known))]  # the oldest entry
+            found.append(copy_json(kept[1]))
+        return found
 """How a query hands on its (id, json) rows: :func:`decode_rows` or :func:`text_rows`."""
 
 

@@ -31,7 +31,7 @@ from . import _seed_table as seed_table
 from . import _sqlite_connection as connections
 from ._identifiers import check_table_name
 from ._residue import wipe_residue
-from ._rows import Decode, decode_rows, plain_item, plain_items
+from ._rows import Decode, KnownItems, decode_rows, plain_item, text_rows
 from ._sqlite_heads import HeadsOnSQLite
 from ._sqlite_key_store import SeedsOnSQLite
 
@@ -77,6 +77,7 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
         self.session_settings: SessionSettings | None = make_settings(session_settings)
         self._shared: connections.SharedConnection | None = None
         self._closed = False
+        self._known_items = KnownItems()
 
     def __repr__(self) -> str:
         return (
@@ -210,7 +211,11 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
 
     async def get_items(self, limit: int | None = None) -> list[Any]:
         """The session's items, oldest first; with ``limit``, the newest ``limit`` of them."""
-        return plain_items(self.session_id, await self.get_stored_items(limit))
+        effective = resolve_limit(limit, self.session_settings)
+        if effective == 0:
+            return []
+        rows = await self._read(lambda conn: self._select_tail(conn, effective, None, text_rows))
+        return self._known_items.items(self.session_id, rows)
 
     async def add_items(self, items: list[Any]) -> None:
         """Append items in one transaction; nothing is written if any item is invalid."""

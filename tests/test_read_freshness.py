@@ -182,3 +182,53 @@ def test_a_long_history_read_every_turn_matches_a_fresh_reader(
                 await backend_session.close()
 
     asyncio.run(play())
+
+
+plain_operation = st.one_of(
+    st.tuples(st.just("add"), who, st.integers(1, 4)),
+    st.tuples(st.just("pop"), who),
+    st.tuples(st.just("read"), who),
+    st.tuples(st.just("tail"), who, st.integers(1, 6)),
+    st.tuples(st.just("clear"), who),
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "advanced-sqlite"])
+@settings(
+    max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(ops=st.lists(plain_operation, max_size=16))
+def test_plain_sessions_see_each_others_changes(backend: str, ops: list[tuple[Any, ...]]) -> None:
+    """The same for two plain sessions, which keep the items they decoded the same way."""
+
+    async def play(path: Path) -> None:
+        sessions = [BACKENDS[backend].open(path, SID) for _ in range(2)]
+        model: list[int] = []
+        counter = 0
+        try:
+            for kind, who_, *rest in ops:
+                session = sessions[who_]
+                if kind == "add":
+                    numbers = list(range(counter + 1, counter + 1 + rest[0]))
+                    counter += rest[0]
+                    await session.add_items([item(n) for n in numbers])
+                    model += numbers
+                elif kind == "pop":
+                    assert await session.pop_item() == (item(model.pop()) if model else None)
+                elif kind == "clear":
+                    await session.clear_session()
+                    model = []
+                else:
+                    limit = rest[0] if kind == "tail" else None
+                    expected = [item(n) for n in model]
+                    found = await session.get_items(limit)
+                    assert found == (expected[-limit:] if limit else expected)
+                    _spoil(found)
+            for session in sessions:
+                assert await session.get_items() == [item(n) for n in model]
+        finally:
+            for session in sessions:
+                await session.close()
+
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(play(Path(folder) / "plain.db"))
