@@ -133,6 +133,8 @@ class Worker:
         self.ready = True
         while (job := self._jobs.get()) is not None:
             job.run(conn)
+            # Not kept until the next job arrives: a job's closure may hold decrypted items.
+            del job
         try:
             conn.close()
         except BaseException as error:

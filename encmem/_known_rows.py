@@ -76,6 +76,11 @@ class KnownRows:
                 del self._rows[next(iter(self._rows))]  # the oldest entry
         return opened
 
+    @property
+    def size(self) -> int:
+        """How many rows are kept at most."""
+        return self._size
+
     def forget(self, item_id: int) -> None:
         """Drop what was kept of a row that left the store."""
         self._rows.pop(item_id, None)

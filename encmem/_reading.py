@@ -227,11 +227,8 @@ class Reader:
         found = find_break(
             entries, head.head, complete=complete, headed=headed, head_expected=head.expected
         )
-        if found is None and complete and head.head is not None and entries:
-            last = entries[-1].link
-            # Not past an unreadable item (skip mode): only what follows it is trusted.
-            if last is not None and all(entry.link is not UNREAD for entry in entries):
-                self._checked[name or MAIN] = (entries, last, head.head)
+        if found is None and complete and head.head is not None:
+            self._remember_checked(name or MAIN, entries, head.head)
         if found is not None:
             error = head.refused or found.error(entries, name)
             self.refuse(error, error.position, error.item_id, "stopped reading at")
@@ -242,6 +239,19 @@ class Reader:
         if found is None:
             return opened_rows
         return [] if headed else opened_rows[: found.at]
+
+    def _remember_checked(self, branch: str, entries: list[Entry], head: Head) -> None:
+        """Keep a sound history's entries for the next read: not past an unreadable item
+        (skip mode: only what follows it is trusted), nor for more rows than are kept."""
+        last = entries[-1].link if entries else None
+        if (
+            last is not None
+            and len(entries) <= self.known.size
+            and all(entry.link is not UNREAD for entry in entries)
+        ):
+            self._checked[branch] = (entries, last, head)
+        else:
+            self._checked.pop(branch, None)
 
     def _grown(self, branch: str, entries: list[Entry], head: Head | None) -> bool:
         """Whether ``entries`` are the branch's history this reader found sound last time,
