@@ -264,9 +264,14 @@ class Reader:
         if (head.floor, head.legacy) != (then.floor, then.legacy) or len(entries) < len(before):
             return False
         # Rows opened before come with the very Entry objects they had: a C-speed compare.
-        if entries[: len(before)] != before:
+        if entries[: len(before)] != before or not continues(last, entries[len(before) :], head):
             return False
-        return continues(last, entries[len(before) :], head)
+        if len(entries) > len(before):  # the next read checks only what comes after these
+            if len(entries) <= self.known.size:
+                self._checked[branch] = (entries, entries[-1].link or last, head)
+            else:
+                self._checked.pop(branch, None)
+        return True
 
     def _settle(
         self,
