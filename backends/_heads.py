@@ -102,3 +102,17 @@ def others(conn: sqlite3.Connection, messages: str, session_id: str, branch: str
             return False
         raise
     return row is not None
+
+
+def select_with_seed(
+    conn: sqlite3.Connection, messages: str, seeds: str, session_id: str, branch: str
+) -> tuple[str | None, str | None]:
+    """(the session's seed id, the branch's stored head) in one statement of the caller's
+    transaction: a writer's two lookups, at the cost of one."""
+    row = conn.execute(
+        f"SELECT (SELECT seed_id FROM {seeds} WHERE session_id = ?), "
+        f"(SELECT head FROM {heads_table(messages)} WHERE session_id = ? AND branch_id = ?)",
+        (session_id, session_id, branch),
+    ).fetchone()
+    seed_id, head = row
+    return (None if seed_id is None else str(seed_id)), (None if head is None else str(head))

@@ -27,7 +27,6 @@ from encmem._items import (
     Item,
     check_session_id,
     decode_stored,
-    encode_envelopes,
     encode_items,
 )
 from encmem._protocol import StoredItem
@@ -189,10 +188,10 @@ class SQLAlchemySession(HeadsOnSQLAlchemy, SeedsOnSQLAlchemy):
         async with self._state.transaction(self._engine, write=write) as conn:
             yield conn
 
-    def _encode(self, items: Sequence[object], *, built: bool = False) -> list[str]:
-        """Validate every item (unless encmem ``built`` them: envelopes), then return the
-        texts to store (the SDK's ASCII JSON if asked)."""
-        texts = encode_envelopes(items) if built else encode_items(items)
+    def _encode(self, items: Sequence[object], *, built: list[str] | None = None) -> list[str]:
+        """Validate every item (unless encmem ``built`` them: envelopes, with these texts),
+        then return the texts to store (the SDK's ASCII JSON if asked)."""
+        texts = built if built is not None else encode_items(items)
         if not self._ensure_ascii:
             return texts
         # ASCII text is already what an escaping encoder writes (as sealed items nearly always are).

@@ -122,7 +122,7 @@ class HeadsOnSQLAlchemy:
     def _transaction(self, *, write: bool) -> AbstractAsyncContextManager[AsyncConnection]:
         raise NotImplementedError
 
-    def _encode(self, items: Sequence[object], *, built: bool = False) -> list[str]:
+    def _encode(self, items: Sequence[object], *, built: list[str] | None = None) -> list[str]:
         raise NotImplementedError
 
     def _current_branch(self) -> str:
@@ -208,8 +208,10 @@ class HeadsOnSQLAlchemy:
             head = await heads.read(conn, branch)
             # build asks for the newest item only when the branch has no head yet
             newest = await self._branch_rows(conn, branch, 1) if head is None else []
-            items, new_head = build(branch, head, lambda: newest[0].item if newest else None)
-            texts = self._encode(items, built=True)
+            items, texts, new_head = build(
+                branch, head, lambda: newest[0].item if newest else None
+            )
+            texts = self._encode(items, built=texts)
             if texts:
                 await self._append_rows(conn, branch, items, texts)
             await heads.store(conn, branch, new_head)

@@ -189,8 +189,11 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
         ).fetchall()
         return decode(rows)
 
-    def _insert(self, conn: sqlite3.Connection, texts: Sequence[str]) -> list[int]:
-        """Insert encoded items after upserting the session row; return their ids in order."""
+    def _insert(
+        self, conn: sqlite3.Connection, texts: Sequence[str], with_ids: bool = True
+    ) -> list[int]:
+        """Insert encoded items after upserting the session row; return their ids in order
+        (without ``with_ids``, a batch's ids are not looked up and may be left out)."""
         conn.execute(
             f"INSERT INTO {self.sessions_table} (session_id) VALUES (?) "
             "ON CONFLICT(session_id) DO UPDATE SET updated_at = CURRENT_TIMESTAMP",
@@ -203,6 +206,8 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
             ids.append(int(cursor.lastrowid or 0))
             return ids
         conn.executemany(statement, [(self.session_id, text) for text in texts])
+        if not with_ids:
+            return ids
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
         # One executemany under one IMMEDIATE transaction writes consecutive rowids.
         return list(range(last - len(texts) + 1, last + 1))
@@ -223,7 +228,7 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
         self._check_open()
         if not texts:
             return
-        await self._write(lambda conn: self._insert(conn, texts))
+        await self._write(lambda conn: self._insert(conn, texts, with_ids=False))
 
     async def pop_item(self) -> Any | None:
         """Remove and return the newest item; None when the session is empty."""
@@ -334,7 +339,7 @@ class SQLiteSession(HeadsOnSQLite, SeedsOnSQLite):
         self, conn: sqlite3.Connection, branch: str, items: Sequence[Item], texts: Sequence[str]
     ) -> None:
         """Insert encoded items at the end of ``branch`` (subclasses add structure rows)."""
-        self._insert(conn, texts)
+        self._insert(conn, texts, with_ids=False)
 
     def _head_branch(self, branch_id: str | None) -> str:
         if branch_id is not None and branch_id != MAIN:

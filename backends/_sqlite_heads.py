@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from encmem._items import CorruptRow, Item, encode_envelopes
+from encmem._items import CorruptRow, Item
 from encmem._protocol import (
     ChainBuild,
     HeadedItems,
@@ -22,7 +22,6 @@ from encmem._protocol import (
 from encmem._settings import SessionSettings, resolve_limit
 
 from . import _heads as heads
-from . import _seed_table as seed_table
 from . import _sqlite_connection as connections
 from ._rows import Decode, decode_rows, text_rows
 
@@ -112,13 +111,15 @@ class HeadsOnSQLite:
         branch = self._current_branch()
 
         def append(conn: sqlite3.Connection) -> None:
-            if seed_id is not None:
-                stored = seed_table.get(conn, self._seeds_table(), self.session_id)
-                if stored is None or stored.seed_id != seed_id:
+            if seed_id is None:
+                head = heads.select(conn, self.messages_table, self.session_id, branch)
+            else:
+                stored_seed, head = heads.select_with_seed(
+                    conn, self.messages_table, self._seeds_table(), self.session_id, branch
+                )
+                if stored_seed != seed_id:
                     raise SeedChanged
-            head = heads.select(conn, self.messages_table, self.session_id, branch)
-            items, new_head = build(branch, head, lambda: self._newest(conn, branch))
-            texts = encode_envelopes(items)
+            items, texts, new_head = build(branch, head, lambda: self._newest(conn, branch))
             if texts:
                 self._append(conn, branch, items, texts)
             heads.store(conn, self.messages_table, self.session_id, branch, new_head)

@@ -26,6 +26,8 @@ GENESIS = ""
 """The ``prev`` of the first item of a chain."""
 
 _DIGEST_CHARS = 64  # SHA-256 in hex
+_ascii = json.encoder.encode_basestring_ascii
+"""The string encoding of ``json.dumps(..., ensure_ascii=True)``, callable on its own."""
 
 
 class Link(NamedTuple):
@@ -121,12 +123,20 @@ def seal_head(keyring: Keyring, session_id: str, head: Head) -> str:
     kid = keyring.primary_kid
     key = keyring.session_key(kid, session_id)
     assert key is not None
-    text = json.dumps(
-        {"head": head._asdict()},
-        ensure_ascii=True,
-        separators=(",", ":"),
+    return f"{kid} {key.seal(head_text(head).encode('ascii'), 0)}"
+
+
+def head_text(head: Head) -> str:
+    """The JSON text a head token seals (ASCII), as ``json.dumps`` of ``{"head": {...}}``
+    would write it, without setting up an encoder per write."""
+    branch, seq, link, floor, legacy = head
+    if type(seq) is not int or type(floor) is not int or type(legacy) is not bool:
+        fields = {"branch": branch, "seq": seq, "link": link, "floor": floor, "legacy": legacy}
+        return json.dumps({"head": fields}, ensure_ascii=True, separators=(",", ":"))
+    return (
+        f'{{"head":{{"branch":{_ascii(branch)},"seq":{seq},"link":{_ascii(link)},'
+        f'"floor":{floor},"legacy":{"true" if legacy else "false"}}}}}'
     )
-    return f"{kid} {key.seal(text.encode('ascii'), 0)}"
 
 
 def _head_error(reason: str, branch: str) -> HistoryTamperedError:

@@ -141,9 +141,10 @@ HeadUpdate = Callable[[str | None], str | None]
 Newest = Callable[[], "Item | CorruptRow | None"]
 """Reads the newest stored item of the branch being written (None when it is empty)."""
 
-ChainBuild = Callable[[str, str | None, Newest], tuple[list[Item], str]]
-"""``build(branch_id, stored_head, newest)``: the items to append and the branch's new head.
-Runs inside the backend's write transaction, after the head was read under the writer lock."""
+ChainBuild = Callable[[str, str | None, Newest], tuple[list[Item], list[str], str]]
+"""``build(branch_id, stored_head, newest)``: the items to append, their JSON texts and the
+branch's new head. Runs inside the backend's write transaction, after the head was read
+under the writer lock."""
 
 ForkHead = Callable[[str, str, str | None, "Item | CorruptRow"], str | None]
 """``fork(source_branch, new_branch, source_head, first_item_left_out)``: the new branch's

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from ._chain import GENESIS, Head, Link, first_link, open_head, seal_head
 from ._envelope import Opened, Opener, seal_link
-from ._items import CorruptRow, Item, encode_items
+from ._items import CorruptRow, Item, encode_envelopes, encode_items
 from ._keys import Keyring
 from ._protocol import (
     ChainBuild,
@@ -88,16 +88,28 @@ def _head_missing(branch: str) -> HistoryTamperedError:
     )
 
 
+class Ahead(NamedTuple):
+    """An append sealed before its transaction: the head it follows (as this chainer knew
+    it: branch, stored form, head), its envelopes and their texts, and the head it makes."""
+
+    after: tuple[str, str, Head]
+    envelopes: list[Item]
+    texts: list[str]
+    head: tuple[str, str, Head]
+
+
 class Chainer:
     """Seals one session's items as links of its chain and computes its heads."""
 
-    __slots__ = ("_known", "rules", "seeds")
+    __slots__ = ("_ahead", "_known", "rules", "seeds")
 
     def __init__(self, rules: SealRules) -> None:
         self.rules = rules
         self._known: tuple[str, str, Head] | None = None
         """(branch, stored form, head) of the head this chainer sealed last: met again as
         the stored head, it is the one just written here and needs no decryption."""
+        self._ahead = True
+        """Whether to seal an append before its transaction (off after that was wasted)."""
         self.seeds: SeedMap | None = None
         """The session's seeds, as loaded from its key store (to open its newest item)."""
 
@@ -172,6 +184,22 @@ class Chainer:
             seq += 1
         return envelopes, seq - 1, prev
 
+    def _seal_ahead(self, items: list[Item], texts: list[str], seed: Seed) -> Ahead | None:
+        """The append sealed now, outside the store's transaction, as the next links after
+        the head this chainer wrote last; the transaction uses it only if that head is still
+        the branch's (else it seals again there). Sealing here is cheaper: the items and
+        keys are at hand in this thread. Not tried again after a wasted attempt until the
+        branch's head is found to be this chainer's again."""
+        known = self._known
+        if known is None or not self._ahead:
+            return None
+        branch, _, head = known
+        seq, prev = first_link(head)
+        envelopes, last, link = self.seal_chain(items, texts, seq, prev, seed)
+        new = Head(branch, last, link, head.floor, head.legacy)
+        stored = seal_head(self._keyring, self.rules.session_id, new)
+        return Ahead(known, envelopes, encode_envelopes(envelopes), (branch, stored, new))
+
     def encode(self, items: list[Any]) -> list[str]:
         return encode_items(items, self.rules.max_item_bytes)
 
@@ -180,8 +208,19 @@ class Chainer:
     ) -> ChainBuild:
         """The append callback for a store that keeps heads (it records what it stored in
         ``written``)."""
+        ahead = self._seal_ahead(items, texts, seed)
 
-        def build(branch: str, stored: str | None, newest: Newest) -> tuple[list[Item], str]:
+        def build(
+            branch: str, stored: str | None, newest: Newest
+        ) -> tuple[list[Item], list[str], str]:
+            if ahead is not None and (branch, stored) == ahead.after[:2]:
+                self._known = ahead.head
+                written[:] = [Written(branch, stored, ahead.head[1], ahead.envelopes)]
+                return ahead.envelopes, ahead.texts, ahead.head[1]
+            if ahead is not None:
+                self._ahead = False  # sealed for nothing: another writer moved the head
+            elif self._known is not None and stored == self._known[1]:
+                self._ahead = True  # the head is this chainer's again
             head = self._readable_head(stored, branch)
             legacy = head.legacy if head is not None else stored is not None
             if stored is None:
@@ -194,7 +233,7 @@ class Chainer:
             envelopes, last, link = self.seal_chain(items, texts, seq, prev, seed)
             sealed = self.seal_head(Head(branch, last, link, floor, legacy))
             written[:] = [Written(branch, stored, sealed, envelopes)]
-            return envelopes, sealed
+            return envelopes, encode_envelopes(envelopes), sealed
 
         return build
 

@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encmem._token import FernetKey
+from encmem._token import FernetKey, canonical
 
 from .budget import examples
 
@@ -101,3 +101,37 @@ def test_tokens_encmem_seals_are_fernet_tokens(plaintext: bytes, sealed_at: int)
     assert FERNET.extract_timestamp(token) == sealed_at
     assert KEY.open(token) == (plaintext, sealed_at)
     assert KEY.seal(plaintext, sealed_at) != token  # a fresh IV every time
+
+
+def _round_trips(text: str) -> bool:
+    """The definition the spelling check stands for: decodes, and encodes back to itself."""
+    try:
+        spelled = text.encode("ascii")
+        raw = base64.urlsafe_b64decode(spelled)
+    except (UnicodeEncodeError, ValueError):
+        return False
+    return len(raw) >= 9 and base64.urlsafe_b64encode(raw) == spelled
+
+
+_SPELLING = st.text(alphabet=st.sampled_from("AQgwBRhxEFIM04_-=+/ .\né"), min_size=0, max_size=40)
+
+
+@settings(max_examples=examples(2000), deadline=None)
+@given(data=st.binary(min_size=0, max_size=40), edit=st.tuples(st.integers(0), _SPELLING))
+def test_the_spelling_check_accepts_exactly_what_encodes_back_to_itself(
+    data: bytes, edit: tuple[int, str]
+) -> None:
+    token = base64.urlsafe_b64encode(data).decode()
+    at = edit[0] % (len(token) + 1)
+    for text in (token, token[:at] + edit[1] + token[at:], token[:at] + edit[1], edit[1]):
+        assert canonical(text) == _round_trips(text), text
+
+
+def test_the_spelling_check_refuses_each_stray_low_bit() -> None:
+    token = FERNET.encrypt(b"x").decode()
+    assert canonical(token)
+    padded = base64.urlsafe_b64encode(b"123456789a").decode()  # two '=' of padding
+    assert padded.endswith("==") and canonical(padded)
+    for char in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_":
+        edited = padded[:-3] + char + "=="
+        assert canonical(edited) == _round_trips(edited) == (char in "AQgw")

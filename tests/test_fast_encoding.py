@@ -1,0 +1,65 @@
+"""The texts encmem writes without a JSON encoder per call are the encoder's texts, exactly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from encmem._chain import Head, head_text
+from encmem._items import _encoder, encode_envelopes
+
+from .budget import examples
+
+_atoms = st.one_of(
+    st.text(),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+_values = st.recursive(
+    _atoms,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(st.lists(st.dictionaries(st.text(max_size=8), _values, max_size=6), max_size=3))
+def test_envelope_texts_are_the_encoders_texts(envelopes: list[dict[str, Any]]) -> None:
+    texts = encode_envelopes(envelopes)
+    assert texts == [_encoder.encode(envelope) for envelope in envelopes]
+    assert [json.loads(text) for text in texts] == envelopes
+
+
+@settings(max_examples=examples(800), deadline=None)
+@given(
+    branch=st.text(),
+    seq=st.integers(),
+    link=st.text(),
+    floor=st.integers(),
+    legacy=st.booleans(),
+)
+def test_head_texts_are_json_dumps_texts(
+    branch: str, seq: int, link: str, floor: int, legacy: bool
+) -> None:
+    head = Head(branch, seq, link, floor, legacy)
+    expected = json.dumps({"head": head._asdict()}, ensure_ascii=True, separators=(",", ":"))
+    assert head_text(head) == expected
+    assert json.loads(head_text(head))["head"] == head._asdict()
+
+
+_long_texts = st.text(
+    alphabet=st.sampled_from('AZaz09-_= "\\/\n\t\x00\x1f\x7fé'), min_size=60, max_size=90
+)
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(st.dictionaries(st.sampled_from(["payload", "kid", "seed", "x\n"]), _long_texts))
+def test_envelope_texts_with_long_strings_are_the_encoders_texts(
+    envelope: dict[str, Any],
+) -> None:
+    assert encode_envelopes([envelope]) == [_encoder.encode(envelope)]

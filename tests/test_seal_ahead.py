@@ -1,0 +1,57 @@
+"""Appends sealed before their transaction: used only when the branch's head is still the one
+this object wrote last; otherwise sealed again inside the transaction, after the head found
+there. Whoever wrote in between, the history stays whole and in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from encmem import EncryptedSession
+
+from .conftest import TEST_KEY
+from .history_attacks import BACKENDS, HEADED, SID
+
+
+def _turn(label: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": f"{label}-q"}, {"role": "assistant", "content": label}]
+
+
+@pytest.mark.parametrize("backend", HEADED)
+async def test_two_objects_taking_turns_at_writing_keep_one_history(
+    tmp_path: Path, backend: str
+) -> None:
+    path = tmp_path / "ahead.db"
+    stores = [BACKENDS[backend].open(path, SID) for _ in range(2)]
+    first, second = (
+        EncryptedSession(underlying_session=store, encryption_key=TEST_KEY, ttl=None)
+        for store in stores
+    )
+    try:
+        expected: list[dict[str, Any]] = []
+        # first writes on (its own head), second cuts in, first writes twice more (the first
+        # of those after a head it did not write), then a pop by second, then first again.
+        for writer, label in [
+            (first, "a1"),
+            (first, "a2"),
+            (second, "b1"),
+            (first, "a3"),
+            (first, "a4"),
+            (first, "a5"),
+        ]:
+            await writer.add_items(_turn(label))
+            expected += _turn(label)
+        assert await second.pop_item() == expected.pop()
+        await first.add_items(_turn("a6"))
+        expected += _turn("a6")
+        await first.add_items(_turn("a7"))
+        expected += _turn("a7")
+
+        for reader in (first, second):
+            assert await reader.get_items() == expected
+            assert await reader.verify_history() == len(expected)
+    finally:
+        for store in stores:
+            await store.close()
