@@ -104,6 +104,33 @@ def others(conn: sqlite3.Connection, messages: str, session_id: str, branch: str
     return row is not None
 
 
+def swap(
+    conn: sqlite3.Connection,
+    messages: str,
+    session_id: str,
+    branch: str,
+    old: str,
+    new: str,
+    seed: tuple[str, str] | None,
+) -> bool:
+    """Replace the branch's head by ``new`` if it is still ``old`` (and, given a (seeds
+    table, seed id), while that is still the session's seed); whether it did."""
+    sql = (
+        f"UPDATE {heads_table(messages)} SET head = ? "
+        "WHERE session_id = ? AND branch_id = ? AND head = ?"
+    )
+    args = [new, session_id, branch, old]
+    if seed is not None:
+        sql += f" AND EXISTS (SELECT 1 FROM {seed[0]} WHERE session_id = ? AND seed_id = ?)"
+        args += [session_id, seed[1]]
+    try:
+        return conn.execute(sql, args).rowcount == 1
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False  # the caller's own path says what is missing
+        raise
+
+
 def select_with_seed(
     conn: sqlite3.Connection, messages: str, seeds: str, session_id: str, branch: str
 ) -> tuple[str | None, str | None]:

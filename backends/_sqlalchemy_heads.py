@@ -21,6 +21,7 @@ from encmem._protocol import (
     HeadedItems,
     HeadedTexts,
     HeadUpdate,
+    Presealed,
     SeedChanged,
 )
 from encmem._settings import SessionSettings, resolve_limit
@@ -195,9 +196,16 @@ class HeadsOnSQLAlchemy:
                     others = head is None and await heads.others(conn, branch)
                     return branch, head, rows, others
 
-    async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:
+    async def append_chained(
+        self,
+        build: ChainBuild,
+        *,
+        seed_id: str | None = None,
+        presealed: Presealed | None = None,
+    ) -> bool:
         """Append what ``build`` seals after reading the head under the writer lock (and,
-        given a ``seed_id``, checking that the session's seed is still that one)."""
+        given a ``seed_id``, checking that the session's seed is still that one). ``build``
+        itself takes what was ``presealed`` when the head is still the one it follows."""
         self._check_open()
         await self._require_heads()
         branch, heads = self._current_branch(), self._head_statements()
@@ -217,6 +225,7 @@ class HeadsOnSQLAlchemy:
             await heads.store(conn, branch, new_head)
 
         await self._head_write(append)
+        return False
 
     async def delete_with_head(
         self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None

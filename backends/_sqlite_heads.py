@@ -17,6 +17,7 @@ from encmem._protocol import (
     HeadedItems,
     HeadedTexts,
     HeadUpdate,
+    Presealed,
     SeedChanged,
 )
 from encmem._settings import SessionSettings, resolve_limit
@@ -104,13 +105,37 @@ class HeadsOnSQLite:
 
         return await self._read(lambda conn: connections.snapshot(conn, read))
 
-    async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:
+    async def append_chained(
+        self,
+        build: ChainBuild,
+        *,
+        seed_id: str | None = None,
+        presealed: Presealed | None = None,
+    ) -> bool:
         """Append what ``build`` seals after reading the head under the writer lock (and,
-        given a ``seed_id``, checking that the session's seed is still that one)."""
+        given a ``seed_id``, checking that the session's seed is still that one); or, in one
+        statement less, ``presealed`` while the head is still the one it follows."""
         self._check_open()
         branch = self._current_branch()
+        seed = None if seed_id is None else (self._seeds_table(), seed_id)
 
-        def append(conn: sqlite3.Connection) -> None:
+        def append(conn: sqlite3.Connection) -> bool:
+            if (
+                presealed is not None
+                and presealed.branch == branch
+                and heads.swap(
+                    conn,
+                    self.messages_table,
+                    self.session_id,
+                    branch,
+                    presealed.after,
+                    presealed.head,
+                    seed,
+                )
+            ):
+                if presealed.texts:
+                    self._append(conn, branch, presealed.items, presealed.texts)
+                return True
             if seed_id is None:
                 head = heads.select(conn, self.messages_table, self.session_id, branch)
             else:
@@ -123,8 +148,9 @@ class HeadsOnSQLite:
             if texts:
                 self._append(conn, branch, items, texts)
             heads.store(conn, self.messages_table, self.session_id, branch, new_head)
+            return False
 
-        await self._write(append)
+        return await self._write(append)
 
     async def delete_with_head(
         self, ids: Sequence[int], update: HeadUpdate, *, branch_id: str | None = None

@@ -9,9 +9,14 @@ missing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
+from ._head_writes import ChainBuild as ChainBuild
+from ._head_writes import ForkHead as ForkHead
+from ._head_writes import HeadUpdate as HeadUpdate
+from ._head_writes import Newest as Newest
+from ._head_writes import Presealed as Presealed
 from ._items import CorruptRow, Item
 from .errors import ResiduePendingError, UnsupportedOperation
 
@@ -134,23 +139,6 @@ class BranchAddressing(Protocol):
     ) -> int: ...
 
 
-HeadUpdate = Callable[[str | None], str | None]
-"""Given a branch's stored head (None when it has none), the head to store in its place
-(None: none). Runs inside the backend's write transaction; raising aborts the transaction."""
-
-Newest = Callable[[], "Item | CorruptRow | None"]
-"""Reads the newest stored item of the branch being written (None when it is empty)."""
-
-ChainBuild = Callable[[str, str | None, Newest], tuple[list[Item], list[str], str]]
-"""``build(branch_id, stored_head, newest)``: the items to append, their JSON texts and the
-branch's new head. Runs inside the backend's write transaction, after the head was read
-under the writer lock."""
-
-ForkHead = Callable[[str, str, str | None, "Item | CorruptRow"], str | None]
-"""``fork(source_branch, new_branch, source_head, first_item_left_out)``: the new branch's
-head (None: none), from the source's head and the first item the new branch leaves out."""
-
-
 class HeadedItems(NamedTuple):
     """A branch's stored head and items, read in one snapshot."""
 
@@ -192,11 +180,15 @@ class HistoryHead(Protocol):
         """:meth:`get_head_and_items` with the rows left as their stored JSON text."""
         ...
 
-    async def append_chained(self, build: ChainBuild, *, seed_id: str | None = None) -> None:
+    async def append_chained(
+        self, build: ChainBuild, *, seed_id: str | None = None, presealed: Presealed | None = None
+    ) -> bool:
         """Append to the current branch what ``build`` returns, and store its head.
 
         With ``seed_id`` (given when this store keeps the session's seeds too), the append
         goes ahead only while that is still the session's seed, else raises SeedChanged.
+        A store may store ``presealed`` as it is instead, without calling ``build``, when its
+        conditions hold; it returns whether it did.
         """
         ...
 

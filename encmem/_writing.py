@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
 from ._chain import GENESIS, Head, Link, first_link, open_head, seal_head
-from ._envelope import Opened, Opener, seal_link
-from ._items import CorruptRow, Item, encode_envelopes, encode_items
+from ._envelope import Opened, Opener, envelope_text, seal_link
+from ._items import CorruptRow, Item, encode_items
 from ._keys import Keyring
 from ._protocol import (
     ChainBuild,
@@ -24,6 +24,7 @@ from ._protocol import (
     HeadUpdate,
     HistoryHead,
     Newest,
+    Presealed,
     SeedChanged,
     Session,
 )
@@ -89,13 +90,10 @@ def _head_missing(branch: str) -> HistoryTamperedError:
 
 
 class Ahead(NamedTuple):
-    """An append sealed before its transaction: the head it follows (as this chainer knew
-    it: branch, stored form, head), its envelopes and their texts, and the head it makes."""
+    """An append sealed before its transaction, and the head it makes."""
 
-    after: tuple[str, str, Head]
-    envelopes: list[Item]
-    texts: list[str]
-    head: tuple[str, str, Head]
+    sealed: Presealed
+    head: Head
 
 
 class Chainer:
@@ -167,10 +165,10 @@ class Chainer:
 
     def seal_chain(
         self, items: Sequence[Item], texts: Sequence[str], seq: int, prev: str, seed: Seed
-    ) -> tuple[list[Item], int, str]:
+    ) -> tuple[list[Item], list[str], int, str]:
         """Envelopes for ``items`` as links ``seq``, ``seq+1``... after ``prev`` (under the
-        session's seeded key when it has a ``seed``); and the last sequence number and
-        digest."""
+        session's seeded key when it has a ``seed``), and their stored texts; and the last
+        sequence number and digest."""
         keyring = self._keyring
         kid = keyring.primary_kid
         seed_id, raw = seed if seed is not None else (None, None)
@@ -178,11 +176,13 @@ class Chainer:
         assert key is not None
         now = int(self.rules.clock())
         envelopes: list[Item] = []
+        stored: list[str] = []
         for item, text in zip(items, texts, strict=True):
             envelope, prev = seal_link(key, kid, item, text, now, seq, prev, seed_id)
             envelopes.append(envelope)
+            stored.append(envelope_text(envelope["payload"], kid, item, seed_id))
             seq += 1
-        return envelopes, seq - 1, prev
+        return envelopes, stored, seq - 1, prev
 
     def _seal_ahead(self, items: list[Item], texts: list[str], seed: Seed) -> Ahead | None:
         """The append sealed now, outside the store's transaction, as the next links after
@@ -193,30 +193,39 @@ class Chainer:
         known = self._known
         if known is None or not self._ahead:
             return None
-        branch, _, head = known
+        branch, after, head = known
         seq, prev = first_link(head)
-        envelopes, last, link = self.seal_chain(items, texts, seq, prev, seed)
+        envelopes, stored, last, link = self.seal_chain(items, texts, seq, prev, seed)
         new = Head(branch, last, link, head.floor, head.legacy)
-        stored = seal_head(self._keyring, self.rules.session_id, new)
-        return Ahead(known, envelopes, encode_envelopes(envelopes), (branch, stored, new))
+        sealed = seal_head(self._keyring, self.rules.session_id, new)
+        return Ahead(Presealed(branch, after, envelopes, stored, sealed), new)
+
+    def _took(self, ahead: Ahead, written: list[Written]) -> None:
+        """Record that the store kept the append sealed ahead."""
+        sealed = ahead.sealed
+        self._known = (sealed.branch, sealed.head, ahead.head)
+        written[:] = [Written(sealed.branch, sealed.after, sealed.head, sealed.items)]
 
     def encode(self, items: list[Any]) -> list[str]:
         return encode_items(items, self.rules.max_item_bytes)
 
     def build(
-        self, items: list[Item], texts: list[str], seed: Seed, written: list[Written]
+        self,
+        items: list[Item],
+        texts: list[str],
+        seed: Seed,
+        written: list[Written],
+        ahead: Ahead | None = None,
     ) -> ChainBuild:
         """The append callback for a store that keeps heads (it records what it stored in
-        ``written``)."""
-        ahead = self._seal_ahead(items, texts, seed)
+        ``written``); it takes the append sealed ``ahead`` when that follows the head."""
 
         def build(
             branch: str, stored: str | None, newest: Newest
         ) -> tuple[list[Item], list[str], str]:
-            if ahead is not None and (branch, stored) == ahead.after[:2]:
-                self._known = ahead.head
-                written[:] = [Written(branch, stored, ahead.head[1], ahead.envelopes)]
-                return ahead.envelopes, ahead.texts, ahead.head[1]
+            if ahead is not None and (branch, stored) == ahead.sealed[:2]:
+                self._took(ahead, written)
+                return ahead.sealed.items, ahead.sealed.texts, ahead.sealed.head
             if ahead is not None:
                 self._ahead = False  # sealed for nothing: another writer moved the head
             elif self._known is not None and stored == self._known[1]:
@@ -230,10 +239,10 @@ class Chainer:
                 legacy = found is not None  # the chain starts after items sealed before chains
             floor = 1 if head is None else head.floor
             seq, prev = first_link(head)
-            envelopes, last, link = self.seal_chain(items, texts, seq, prev, seed)
+            envelopes, envelope_texts, last, link = self.seal_chain(items, texts, seq, prev, seed)
             sealed = self.seal_head(Head(branch, last, link, floor, legacy))
             written[:] = [Written(branch, stored, sealed, envelopes)]
-            return envelopes, encode_envelopes(envelopes), sealed
+            return envelopes, envelope_texts, sealed
 
         return build
 
@@ -258,9 +267,16 @@ class Chainer:
             seed = await seeds.for_writing(remembered)
             remembered = False
             written: list[Written] = []
-            build = self.build(items, texts, seed, written)
+            ahead = self._seal_ahead(items, texts, seed)
+            build = self.build(items, texts, seed, written, ahead)
             try:
-                await heads.append_chained(build, seed_id=seed[0] if held and seed else None)
+                if await heads.append_chained(
+                    build,
+                    seed_id=seed[0] if held and seed else None,
+                    presealed=None if ahead is None else ahead.sealed,
+                ):
+                    assert ahead is not None
+                    self._took(ahead, written)
             except SeedChanged:
                 seeds.forget()
                 continue
@@ -286,7 +302,7 @@ class Chainer:
                 newest = await session.get_items(1, **kwargs)
                 link = self.link_of(newest[-1] if newest else None)
                 seq, prev = (1, GENESIS) if link is None else (link.seq + 1, link.digest)
-                envelopes, _, _ = self.seal_chain(items, texts, seq, prev, seed)
+                envelopes, _, _, _ = self.seal_chain(items, texts, seq, prev, seed)
                 await session.add_items(envelopes, **kwargs)
                 if seed is None or await seeds.is_current(seed[0]):
                     return

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cryptography.fernet import Fernet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from encmem._chain import Head, head_text
+from encmem._envelope import _envelope, envelope_text
 from encmem._items import _encoder, encode_envelopes
 
 from .budget import examples
@@ -63,3 +65,23 @@ def test_envelope_texts_with_long_strings_are_the_encoders_texts(
     envelope: dict[str, Any],
 ) -> None:
     assert encode_envelopes([envelope]) == [_encoder.encode(envelope)]
+
+
+_clear_values = st.one_of(_atoms, st.lists(_atoms, max_size=2), st.dictionaries(st.text(), _atoms))
+
+
+@settings(max_examples=examples(500), deadline=None)
+@given(
+    kid=st.text(min_size=1, max_size=12),
+    seed_id=st.none() | st.text(max_size=16),
+    clear=st.dictionaries(
+        st.sampled_from(["role", "type", "name", "namespace", "server_label", "content"]),
+        _clear_values,
+    ),
+)
+def test_sealed_envelope_texts_are_the_encoders_texts(
+    kid: str, seed_id: str | None, clear: dict[str, Any]
+) -> None:
+    token = Fernet(Fernet.generate_key()).encrypt(b"{}").decode()
+    envelope = _envelope(token, kid, clear, seed_id)
+    assert envelope_text(token, kid, clear, seed_id) == _encoder.encode(envelope)

@@ -55,3 +55,28 @@ async def test_two_objects_taking_turns_at_writing_keep_one_history(
     finally:
         for store in stores:
             await store.close()
+
+
+@pytest.mark.parametrize("backend", HEADED)
+async def test_an_append_sealed_ahead_is_not_stored_under_a_seed_destroyed_meanwhile(
+    tmp_path: Path, backend: str
+) -> None:
+    path = tmp_path / "seed.db"
+    store = BACKENDS[backend].open(path, SID)
+    writer = EncryptedSession(underlying_session=store, encryption_key=TEST_KEY, ttl=None)
+    try:
+        await writer.add_items(_turn("before"))  # the writer now knows its head and its seed
+        await store.destroy_seed(SID)  # the head stays; the items before it can't be opened
+        await writer.add_items(_turn("after"))
+    finally:
+        await store.close()
+
+    # A fresh object finds the new items under a seed the store holds, not the destroyed one.
+    reopened = BACKENDS[backend].open(path, SID)
+    reader = EncryptedSession(
+        underlying_session=reopened, encryption_key=TEST_KEY, ttl=None, on_invalid="skip"
+    )
+    try:
+        assert await reader.get_items(2) == _turn("after")
+    finally:
+        await reopened.close()
