@@ -337,7 +337,7 @@ class Chainer:
                     kind="resurrected" if link.seq > head.seq else "head mismatch",
                     branch_id=branch,
                 )
-            return self.seal_head(Head(branch, link.seq - 1, link.prev, head.floor))
+            return self.seal_head(Head(branch, link.seq - 1, link.prev, head.floor, head.legacy))
 
         return update
 

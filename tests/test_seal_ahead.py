@@ -4,12 +4,14 @@ there. Whoever wrote in between, the history stays whole and in order."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from encmem import EncryptedSession
+from encmem import EncryptedSession, Keyring
 
 from .conftest import TEST_KEY
 from .history_attacks import BACKENDS, HEADED, SID
@@ -80,3 +82,42 @@ async def test_an_append_sealed_ahead_is_not_stored_under_a_seed_destroyed_meanw
         assert await reader.get_items(2) == _turn("after")
     finally:
         await reopened.close()
+
+
+@pytest.mark.parametrize("backend", HEADED)
+async def test_a_pop_after_items_sealed_before_chains_keeps_them_readable(
+    tmp_path: Path, backend: str
+) -> None:
+    # Items sealed before chains (v2 envelopes), then a chain after them: the head says
+    # the chain may follow such items. A pop must keep saying so, and so must the next
+    # append (sealed ahead from the head the pop wrote).
+    path = tmp_path / "legacy.db"
+    keyring = Keyring({"k1": TEST_KEY})
+    key = keyring.session_key("k1", SID)
+    assert key is not None
+    old = [{"role": "user", "content": f"v2-{n}"} for n in range(2)]
+    store = BACKENDS[backend].open(path, SID)
+    envelopes = [
+        {
+            "__enc__": 1,
+            "v": 2,
+            "kid": "k1",
+            "payload": key.seal(json.dumps(item).encode(), int(time.time()) - 5),
+            "role": "user",
+        }
+        for item in old
+    ]
+    await store.add_items(envelopes)
+    session = EncryptedSession(
+        underlying_session=store, encryption_key=keyring, ttl=None, key_store=None
+    )
+    try:
+        await session.add_items(_turn("c1") + _turn("c2"))
+        assert await session.pop_item() == _turn("c2")[-1]
+        expected = old + _turn("c1") + _turn("c2")[:1]
+        assert await session.get_items() == expected
+        await session.add_items(_turn("c3"))
+        assert await session.get_items() == expected + _turn("c3")
+        assert await session.verify_history() == len(expected) + 2
+    finally:
+        await store.close()
