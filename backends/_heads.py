@@ -111,18 +111,21 @@ def swap(
     branch: str,
     old: str,
     new: str,
-    seed: tuple[str, str] | None,
+    seed: tuple[str, str, str] | None,
 ) -> bool:
-    """Replace the branch's head by ``new`` if it is still ``old`` (and, given a (seeds
-    table, seed id), while that is still the session's seed); whether it did."""
+    """Replace the branch's head by ``new`` if it is still ``old`` (and, given (seeds table,
+    seed id, sealed form), while that is still the session's stored seed); whether it did."""
     sql = (
         f"UPDATE {heads_table(messages)} SET head = ? "
         "WHERE session_id = ? AND branch_id = ? AND head = ?"
     )
     args = [new, session_id, branch, old]
     if seed is not None:
-        sql += f" AND EXISTS (SELECT 1 FROM {seed[0]} WHERE session_id = ? AND seed_id = ?)"
-        args += [session_id, seed[1]]
+        sql += (
+            f" AND EXISTS (SELECT 1 FROM {seed[0]} "
+            "WHERE session_id = ? AND seed_id = ? AND sealed = ?)"
+        )
+        args += [session_id, seed[1], seed[2]]
     try:
         return conn.execute(sql, args).rowcount == 1
     except sqlite3.OperationalError as exc:
@@ -133,13 +136,15 @@ def swap(
 
 def select_with_seed(
     conn: sqlite3.Connection, messages: str, seeds: str, session_id: str, branch: str
-) -> tuple[str | None, str | None]:
-    """(the session's seed id, the branch's stored head) in one statement of the caller's
-    transaction: a writer's two lookups, at the cost of one."""
+) -> tuple[tuple[str, str] | None, str | None]:
+    """((the session's seed id, its sealed form), the branch's stored head) in one statement
+    of the caller's transaction: a writer's two lookups, at the cost of one."""
+    seed = f"FROM {seeds} WHERE session_id = ?"
     row = conn.execute(
-        f"SELECT (SELECT seed_id FROM {seeds} WHERE session_id = ?), "
+        f"SELECT (SELECT seed_id {seed}), (SELECT sealed {seed}), "
         f"(SELECT head FROM {heads_table(messages)} WHERE session_id = ? AND branch_id = ?)",
-        (session_id, session_id, branch),
+        (session_id, session_id, session_id, branch),
     ).fetchone()
-    seed_id, head = row
-    return (None if seed_id is None else str(seed_id)), (None if head is None else str(head))
+    seed_id, sealed, head = row
+    stored = None if seed_id is None else (str(seed_id), str(sealed))
+    return stored, (None if head is None else str(head))

@@ -132,14 +132,16 @@ class HeadsOnSQLAlchemy:
     def _seeds(self) -> Table:
         raise NotImplementedError
 
-    async def _hold_seed(self, conn: AsyncConnection, seed_id: str) -> None:
-        """SeedChanged unless ``seed_id`` is the session's seed; on PostgreSQL its row stays
-        locked (FOR SHARE) until the append commits, so an erase waits for the append."""
+    async def _hold_seed(self, conn: AsyncConnection, seed: tuple[str, str]) -> None:
+        """SeedChanged unless ``seed`` (id, sealed form) is the session's stored seed; on
+        PostgreSQL its row stays locked (FOR SHARE) until the append commits, so an erase
+        waits for the append."""
         t = self._seeds()
-        query = select(t.c.seed_id).where(t.c.session_id == self.session_id)
+        query = select(t.c.seed_id, t.c.sealed).where(t.c.session_id == self.session_id)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(read=True)
-        if (await conn.execute(query)).scalar() != seed_id:
+        row = (await conn.execute(query)).first()
+        if row is None or (row[0], row[1]) != seed:
             raise SeedChanged
 
     def _head_branch(self, branch_id: str | None) -> str:
@@ -200,25 +202,23 @@ class HeadsOnSQLAlchemy:
         self,
         build: ChainBuild,
         *,
-        seed_id: str | None = None,
+        seed: tuple[str, str] | None = None,
         presealed: Presealed | None = None,
     ) -> bool:
         """Append what ``build`` seals after reading the head under the writer lock (and,
-        given a ``seed_id``, checking that the session's seed is still that one). ``build``
+        given a ``seed``, checking that the session's stored seed is still that one). ``build``
         itself takes what was ``presealed`` when the head is still the one it follows."""
         self._check_open()
         await self._require_heads()
         branch, heads = self._current_branch(), self._head_statements()
 
         async def append(conn: AsyncConnection) -> None:
-            if seed_id is not None:
-                await self._hold_seed(conn, seed_id)
+            if seed is not None:
+                await self._hold_seed(conn, seed)
             head = await heads.read(conn, branch)
             # build asks for the newest item only when the branch has no head yet
             newest = await self._branch_rows(conn, branch, 1) if head is None else []
-            items, texts, new_head = build(
-                branch, head, lambda: newest[0].item if newest else None
-            )
+            items, texts, new_head = build(branch, head, lambda: newest[0].item if newest else None)
             texts = self._encode(items, built=texts)
             if texts:
                 await self._append_rows(conn, branch, items, texts)

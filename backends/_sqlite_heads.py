@@ -109,15 +109,15 @@ class HeadsOnSQLite:
         self,
         build: ChainBuild,
         *,
-        seed_id: str | None = None,
+        seed: tuple[str, str] | None = None,
         presealed: Presealed | None = None,
     ) -> bool:
         """Append what ``build`` seals after reading the head under the writer lock (and,
-        given a ``seed_id``, checking that the session's seed is still that one); or, in one
-        statement less, ``presealed`` while the head is still the one it follows."""
+        given a ``seed``, checking that the session's stored seed is still that one); or, in
+        one statement less, ``presealed`` while the head is still the one it follows."""
         self._check_open()
         branch = self._current_branch()
-        seed = None if seed_id is None else (self._seeds_table(), seed_id)
+        held = None if seed is None else (self._seeds_table(), *seed)
 
         def append(conn: sqlite3.Connection) -> bool:
             if (
@@ -130,19 +130,19 @@ class HeadsOnSQLite:
                     branch,
                     presealed.after,
                     presealed.head,
-                    seed,
+                    held,
                 )
             ):
                 if presealed.texts:
                     self._append(conn, branch, presealed.items, presealed.texts)
                 return True
-            if seed_id is None:
+            if seed is None:
                 head = heads.select(conn, self.messages_table, self.session_id, branch)
             else:
                 stored_seed, head = heads.select_with_seed(
                     conn, self.messages_table, self._seeds_table(), self.session_id, branch
                 )
-                if stored_seed != seed_id:
+                if stored_seed != seed:
                     raise SeedChanged
             items, texts, new_head = build(branch, head, lambda: self._newest(conn, branch))
             if texts:

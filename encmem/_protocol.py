@@ -181,12 +181,17 @@ class HistoryHead(Protocol):
         ...
 
     async def append_chained(
-        self, build: ChainBuild, *, seed_id: str | None = None, presealed: Presealed | None = None
+        self,
+        build: ChainBuild,
+        *,
+        seed: tuple[str, str] | None = None,
+        presealed: Presealed | None = None,
     ) -> bool:
         """Append to the current branch what ``build`` returns, and store its head.
 
-        With ``seed_id`` (given when this store keeps the session's seeds too), the append
-        goes ahead only while that is still the session's seed, else raises SeedChanged.
+        With ``seed``, (seed id, sealed form), given when this store keeps the session's
+        seeds too, the append goes ahead only while that is still the session's stored seed
+        (both), else raises SeedChanged.
         A store may store ``presealed`` as it is instead, without calling ``build``, when its
         conditions hold; it returns whether it did.
         """

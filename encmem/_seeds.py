@@ -73,7 +73,16 @@ class Seeds:
     restored after an erase is still refused by every new reader, which asks the key store.
     """
 
-    __slots__ = ("_current", "_keyring", "_loaded", "_opened", "_written", "session_id", "store")
+    __slots__ = (
+        "_current",
+        "_keyring",
+        "_loaded",
+        "_opened",
+        "_sealed",
+        "_written",
+        "session_id",
+        "store",
+    )
 
     def __init__(self, store: KeyStore | None, keyring: Keyring, session_id: str) -> None:
         self.store = store
@@ -86,6 +95,8 @@ class Seeds:
         self._written: tuple[str, bytes] | None = None
         """The session's seed as this object last found it sealed under the primary key (by
         a write, or a load): what a write that checks the seed itself may use unasked."""
+        self._sealed: str | None = None
+        """The stored, sealed form of that seed."""
 
     def _open(self, stored: StoredSeed) -> bytes:
         if self._opened is not None and self._opened[0] == stored:
@@ -110,7 +121,7 @@ class Seeds:
             if stored is not None and stored.kid == self._keyring.primary_kid:
                 opened = self._current[1] if self._current is not None else None
                 if isinstance(opened, bytes):  # a write may use it: it checks the seed itself
-                    self._written = (stored.seed_id, opened)
+                    self._written, self._sealed = (stored.seed_id, opened), stored.sealed
         return dict([self._current]) if self._current is not None else {}
 
     async def for_writing(self, remembered: bool = False) -> tuple[str, bytes] | None:
@@ -138,8 +149,17 @@ class Seeds:
             # only the new key read what is written from now on.
             resealed = seal_seed(self._keyring, self.session_id, stored.seed_id, seed)
             await self.store.replace_seed(self.session_id, resealed)
-        self._written = (stored.seed_id, seed)
+            stored = resealed
+        self._written, self._sealed = (stored.seed_id, seed), stored.sealed
         return self._written
+
+    def stored_form(self, seed_id: str) -> tuple[str, str] | None:
+        """(seed id, sealed form) of the stored seed ``seed_id`` this object writes under, for
+        a write that checks the seed in its own transaction: the whole stored row, so that
+        a row put back under the same id with other content does not pass for it."""
+        if self._written is None or self._written[0] != seed_id or self._sealed is None:
+            return None
+        return seed_id, self._sealed
 
     async def is_current(self, seed_id: str) -> bool:
         """Whether ``seed_id`` is still the session's seed, as the key store says now."""
@@ -162,3 +182,4 @@ class Seeds:
         """Ask the key store again next time (after an erase or a clear)."""
         self._loaded = False
         self._current = self._opened = self._written = None
+        self._sealed = None

@@ -269,11 +269,13 @@ class Chainer:
             written: list[Written] = []
             ahead = self._seal_ahead(items, texts, seed)
             build = self.build(items, texts, seed, written, ahead)
+            check = None
+            if held and seed is not None:
+                check = seeds.stored_form(seed[0])
+                assert check is not None, "for_writing() keeps the stored form it returns"
             try:
                 if await heads.append_chained(
-                    build,
-                    seed_id=seed[0] if held and seed else None,
-                    presealed=None if ahead is None else ahead.sealed,
+                    build, seed=check, presealed=None if ahead is None else ahead.sealed
                 ):
                     assert ahead is not None
                     self._took(ahead, written)

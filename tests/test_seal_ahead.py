@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from encmem import EncryptedSession, Keyring
+from encmem import DecryptionError, EncryptedSession, Keyring
 
 from .conftest import TEST_KEY
-from .history_attacks import BACKENDS, HEADED, SID
+from .history_attacks import BACKENDS, HEADED, MESSAGES, SID, connect
+
+SEEDS = f"{MESSAGES}_seeds"
 
 
 def _turn(label: str) -> list[dict[str, Any]]:
@@ -121,3 +123,54 @@ async def test_a_pop_after_items_sealed_before_chains_keeps_them_readable(
         assert await session.verify_history() == len(expected) + 2
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("backend", HEADED)
+@pytest.mark.parametrize("how", ["destroy_seed", "clear_session"])
+async def test_no_append_is_sealed_under_a_seed_row_put_back_with_other_content(
+    tmp_path: Path, backend: str, how: str
+) -> None:
+    # A writer that remembers the session's seed meets, after the seed was destroyed, a seed
+    # row under the same id that is not the one it opened (here: another session's sealed
+    # seed). It must refuse to write rather than seal more items under the destroyed seed.
+    path = tmp_path / "forged.db"
+    stores = [BACKENDS[backend].open(path, sid) for sid in (SID, SID, "other")]
+    writer, eraser, other = (
+        EncryptedSession(underlying_session=store, encryption_key=TEST_KEY, ttl=None)
+        for store in stores
+    )
+    try:
+        await writer.add_items(_turn("before"))
+        await other.add_items(_turn("elsewhere"))
+        with connect(path) as conn:
+            seed_id, kid = conn.execute(
+                f"SELECT seed_id, kid FROM {SEEDS} WHERE session_id = ?", (SID,)
+            ).fetchone()
+            (sealed,) = conn.execute(
+                f"SELECT sealed FROM {SEEDS} WHERE session_id = ?", ("other",)
+            ).fetchone()
+        if how == "destroy_seed":
+            await stores[0].destroy_seed(SID)  # the head and the rows stay
+        else:
+            await eraser.clear_session()
+        with connect(path) as conn:
+            conn.execute(
+                f"INSERT INTO {SEEDS} (session_id, seed_id, kid, sealed) VALUES (?, ?, ?, ?)",
+                (SID, seed_id, kid, sealed),
+            )
+            before = _rows_under(conn, seed_id)
+
+        with pytest.raises(DecryptionError):
+            await writer.add_items(_turn("after"))
+        with connect(path) as conn:
+            assert _rows_under(conn, seed_id) == before
+    finally:
+        for store in stores:
+            await store.close()
+
+
+def _rows_under(conn: Any, seed_id: str) -> int:
+    found = conn.execute(
+        f"SELECT COUNT(*) FROM {MESSAGES} WHERE message_data LIKE ?", (f'%"seed":"{seed_id}"%',)
+    ).fetchone()
+    return int(found[0])
