@@ -162,10 +162,11 @@ class Seeds:
         return seed_id, self._sealed
 
     async def is_current(self, seed_id: str) -> bool:
-        """Whether ``seed_id`` is still the session's seed, as the key store says now."""
+        """Whether ``seed_id`` is still the session's seed, as the key store says now: the
+        very row this object opened (its id and sealed form)."""
         assert self.store is not None
         stored = await self.store.get_seed(self.session_id)
-        return stored is not None and stored.seed_id == seed_id
+        return stored is not None and (stored.seed_id, stored.sealed) == self.stored_form(seed_id)
 
     async def reseal(self) -> None:
         """Seal the session's seed under the keyring's primary key (rotation), same seed."""

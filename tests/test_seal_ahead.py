@@ -1,6 +1,7 @@
 """Appends sealed before their transaction: used only when the branch's head is still the one
 this object wrote last; otherwise sealed again inside the transaction, after the head found
-there. Whoever wrote in between, the history stays whole and in order."""
+there. Whoever wrote in between, the history stays whole and in order; and no append stays
+under a seed that is no longer the very row the writer opened."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from encmem.backends import SQLiteKeyStore, SQLiteSession
 
 from encmem import DecryptionError, EncryptedSession, Keyring
+from encmem._protocol import StoredSeed
 
 from .conftest import TEST_KEY
 from .history_attacks import BACKENDS, HEADED, MESSAGES, SID, connect
@@ -174,3 +177,53 @@ def _rows_under(conn: Any, seed_id: str) -> int:
         f"SELECT COUNT(*) FROM {MESSAGES} WHERE message_data LIKE ?", (f'%"seed":"{seed_id}"%',)
     ).fetchone()
     return int(found[0])
+
+
+class ForgedAfterFirstLookup:
+    """A separate key store that answers its first lookup truly, then with the session's
+    seed id over another sealed seed: a row put back under the same id with other content."""
+
+    def __init__(self, inner: Any, forged: str) -> None:
+        self.inner, self.forged, self.lookups = inner, forged, 0
+
+    async def get_seed(self, session_id: str) -> Any:
+        found = await self.inner.get_seed(session_id)
+        self.lookups += 1
+        if self.lookups > 1 and found is not None:
+            return StoredSeed(found.seed_id, found.kid, self.forged)
+        return found
+
+    async def put_seed(self, session_id: str, seed: Any) -> Any:
+        return await self.inner.put_seed(session_id, seed)
+
+    async def replace_seed(self, session_id: str, seed: Any) -> None:
+        await self.inner.replace_seed(session_id, seed)
+
+    async def destroy_seed(self, session_id: str) -> Any:
+        return await self.inner.destroy_seed(session_id)
+
+    async def seed_session_ids(self) -> list[str]:
+        return await self.inner.seed_session_ids()
+
+
+async def test_an_append_is_taken_back_when_its_seed_row_changes_content_under_the_same_id(
+    tmp_path: Path,
+) -> None:
+    keys = SQLiteKeyStore(tmp_path / "keys.db")
+    other = EncryptedSession(
+        "other", SQLiteSession("other", tmp_path / "o.db"), TEST_KEY, key_store=keys
+    )
+    await other.add_items(_turn("elsewhere"))
+    forged = await keys.get_seed("other")
+    assert forged is not None
+    store = SQLiteSession(SID, tmp_path / "s.db")
+    lying = ForgedAfterFirstLookup(keys, forged.sealed)
+    writer = EncryptedSession(SID, store, TEST_KEY, ttl=None, key_store=lying)
+    try:
+        with pytest.raises(DecryptionError):
+            await writer.add_items(_turn("taken back"))
+        assert await store.get_items() == []  # the append was taken back
+    finally:
+        await store.close()
+        await other.underlying_session.close()
+        await keys.close()
