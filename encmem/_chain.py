@@ -26,8 +26,9 @@ GENESIS = ""
 """The ``prev`` of the first item of a chain."""
 
 _DIGEST_CHARS = 64  # SHA-256 in hex
-_ascii = json.encoder.encode_basestring_ascii
-"""The string encoding of ``json.dumps(..., ensure_ascii=True)``, callable on its own."""
+_ascii = json.JSONEncoder(ensure_ascii=True).encode
+"""A string as ``json.dumps(..., ensure_ascii=True)`` writes it (encoding a str alone takes
+the encoder's short path, without setting it up)."""
 
 
 class Link(NamedTuple):

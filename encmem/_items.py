@@ -15,8 +15,9 @@ from .errors import InvalidItemError, ItemTooLargeError
 Item = dict[str, Any]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-quote = _quote = json.encoder.encode_basestring
-"""The string encoding ``_encoder`` uses (``ensure_ascii=False``), callable on its own."""
+quote = _quote = _encoder.encode
+"""A string as ``_encoder`` writes it (encoding a str alone takes the encoder's short path,
+without setting it up)."""
 encode_value = _encoder.encode
 """Any JSON value as ``_encoder`` writes it inside an object."""
 _PLAIN_ASCII = bytes(range(0x20, 0x7F)).replace(b'"', b"").replace(b"\\", b"")
