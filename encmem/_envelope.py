@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from ._chain import GENESIS, Link, digest, unwrap, wrap
 from ._exact_json import decode_sealed, same_envelope, same_json, scan_json, sealed_text
-from ._items import CorruptRow, Item, decode_item, encode_value, quote
+from ._items import CorruptRow, Item, decode_item, encode_value
 from ._keys import SDK_KID, Keyring
 from ._token import FernetKey
 from .errors import (
@@ -141,16 +141,15 @@ def _envelope(token: str, kid: str, item: Item, seed_id: str | None = None) -> I
 
 def envelope_text(token: str, kid: str, item: Item, seed_id: str | None = None) -> str:
     """The stored JSON text of the envelope :func:`seal_link` makes of ``token`` (a Fernet
-    token, which needs no escaping), exactly as ``encode_envelopes`` would write it, without
-    walking the envelope."""
+    token, which needs no escaping), exactly as the JSON encoder would write the envelope,
+    without walking it."""
     version = FORMAT_VERSION if seed_id is None else SHREDDABLE_VERSION
-    text = f'{{"__enc__":1,"v":{version},"kid":{quote(kid)},"payload":"{token}"'
+    text = f'{{"__enc__":1,"v":{version},"kid":{encode_value(kid)},"payload":"{token}"'
     if seed_id is not None:
-        text += f',"seed":{quote(seed_id)}'
+        text += f',"seed":{encode_value(seed_id)}'
     for name in CLEAR_FIELDS:
         if name in item:
-            value = item[name]
-            text += f',"{name}":{quote(value) if type(value) is str else encode_value(value)}'
+            text += f',"{name}":{encode_value(item[name])}'
     return text + "}"
 
 

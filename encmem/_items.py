@@ -15,18 +15,9 @@ from .errors import InvalidItemError, ItemTooLargeError
 Item = dict[str, Any]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-quote = _quote = _encoder.encode
-"""A string as ``_encoder`` writes it (encoding a str alone takes the encoder's short path,
-without setting it up)."""
 encode_value = _encoder.encode
-"""Any JSON value as ``_encoder`` writes it inside an object."""
-_PLAIN_ASCII = bytes(range(0x20, 0x7F)).replace(b'"', b"").replace(b"\\", b"")
-"""Characters that JSON string encoding writes as they are."""
-_LONG = 64
-_ENVELOPE_NAMES = {
-    name: _quote(name)
-    for name in ("__enc__", "v", "kid", "payload", "seed", "role", "type", "name", "namespace")
-}
+"""Any JSON value as ``_encoder`` writes it inside an object (a str alone takes the
+encoder's short path, without setting it up)."""
 
 
 class _DuplicateKey(ValueError):
@@ -115,40 +106,6 @@ def encode_items(items: Sequence[object], max_bytes: int | None = None) -> list[
     if isinstance(items, (str, bytes, dict)) or not isinstance(items, Sequence):
         raise InvalidItemError(f"add_items takes a list of items, not a {type(items).__name__}")
     return [encode_item(item, index, max_bytes) for index, item in enumerate(items)]
-
-
-
-def encode_envelopes(envelopes: Sequence[object]) -> list[str]:
-    """The JSON texts of envelopes sealed by encmem itself, without the walk that validates
-    a caller's items: they hold strings, integers and clear fields validated when sealed."""
-    return [_envelope_text(envelope) for envelope in envelopes]
-
-
-def _envelope_text(envelope: object) -> str:
-    """``_encoder.encode(envelope)``, in a fraction of its time for the flat objects of
-    strings and integers envelopes nearly always are (the encoder is set up per call)."""
-    if type(envelope) is not dict:
-        return _encoder.encode(envelope)
-    members = []
-    for name, value in envelope.items():
-        kind = type(value)
-        if type(name) is not str or (kind is not str and kind is not int):
-            return _encoder.encode(envelope)  # bool, float, None, nesting: the encoder's
-        quoted_name = _ENVELOPE_NAMES.get(name) or _quote(name)
-        members.append(f"{quoted_name}:{_quoted(value) if kind is str else int.__repr__(value)}")
-    return "{" + ",".join(members) + "}"
-
-
-def _quoted(value: str) -> str:
-    """``_quote(value)``; a long string of plain ASCII (a token) without its walk, which
-    costs several times as much as this check."""
-    if (
-        len(value) > _LONG
-        and value.isascii()
-        and not value.encode("ascii").translate(None, _PLAIN_ASCII)  # nothing to escape
-    ):
-        return f'"{value}"'
-    return _quote(value)
 
 
 class CorruptRow:

@@ -24,6 +24,7 @@ from encmem.backends import (
 
 from encmem import EncryptedSession, Keyring, StoreError, erase_session, generate_key
 
+from .key_stores import PassThrough
 from .pg import pg_url, unique_tables
 
 KEYRING = Keyring({"k1": generate_key()})
@@ -94,12 +95,13 @@ async def test_a_writer_writes_after_an_erase_under_the_new_seed(tmp_path: Path,
         assert await reader.get_items() == AFTER
 
 
-class EraseAfterLookup:
+class EraseAfterLookup(PassThrough):
     """A separate key store through which, once armed, a complete erase runs right after the
     writer asked for the seed: what another process may do at that moment."""
 
     def __init__(self, inner: SQLiteKeyStore, place: Place) -> None:
-        self.inner, self.place, self.armed = inner, place, False
+        super().__init__(inner)
+        self.place, self.armed = place, False
 
     async def get_seed(self, session_id: str) -> Any:
         found = await self.inner.get_seed(session_id)
@@ -108,18 +110,6 @@ class EraseAfterLookup:
             async with await open_store(self.place.target, **self.place.tables) as store:
                 await erase_session(store, SESSION, key_store=self.inner)
         return found
-
-    async def put_seed(self, session_id: str, seed: Any) -> Any:
-        return await self.inner.put_seed(session_id, seed)
-
-    async def replace_seed(self, session_id: str, seed: Any) -> None:
-        await self.inner.replace_seed(session_id, seed)
-
-    async def destroy_seed(self, session_id: str) -> Any:
-        return await self.inner.destroy_seed(session_id)
-
-    async def seed_session_ids(self) -> list[str]:
-        return await self.inner.seed_session_ids()
 
 
 async def live_seed_only(place: Place, keys: SQLiteKeyStore) -> None:

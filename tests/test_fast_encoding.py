@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from encmem._chain import Head, head_text
 from encmem._envelope import _envelope, envelope_text
-from encmem._items import _encoder, encode_envelopes
+from encmem._items import _encoder
 
 from .budget import examples
 
@@ -22,19 +22,6 @@ _atoms = st.one_of(
     st.none(),
     st.floats(allow_nan=False, allow_infinity=False),
 )
-_values = st.recursive(
-    _atoms,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=4,
-)
-
-
-@settings(max_examples=examples(300), deadline=None)
-@given(st.lists(st.dictionaries(st.text(max_size=8), _values, max_size=6), max_size=3))
-def test_envelope_texts_are_the_encoders_texts(envelopes: list[dict[str, Any]]) -> None:
-    texts = encode_envelopes(envelopes)
-    assert texts == [_encoder.encode(envelope) for envelope in envelopes]
-    assert [json.loads(text) for text in texts] == envelopes
 
 
 @settings(max_examples=examples(800), deadline=None)
@@ -52,19 +39,6 @@ def test_head_texts_are_json_dumps_texts(
     expected = json.dumps({"head": head._asdict()}, ensure_ascii=True, separators=(",", ":"))
     assert head_text(head) == expected
     assert json.loads(head_text(head))["head"] == head._asdict()
-
-
-_long_texts = st.text(
-    alphabet=st.sampled_from('AZaz09-_= "\\/\n\t\x00\x1f\x7fé'), min_size=60, max_size=90
-)
-
-
-@settings(max_examples=examples(500), deadline=None)
-@given(st.dictionaries(st.sampled_from(["payload", "kid", "seed", "x\n"]), _long_texts))
-def test_envelope_texts_with_long_strings_are_the_encoders_texts(
-    envelope: dict[str, Any],
-) -> None:
-    assert encode_envelopes([envelope]) == [_encoder.encode(envelope)]
 
 
 _clear_values = st.one_of(_atoms, st.lists(_atoms, max_size=2), st.dictionaries(st.text(), _atoms))

@@ -18,6 +18,7 @@ from encmem._protocol import StoredSeed
 
 from .conftest import TEST_KEY
 from .history_attacks import BACKENDS, HEADED, MESSAGES, SID, connect
+from .key_stores import PassThrough
 
 SEEDS = f"{MESSAGES}_seeds"
 
@@ -179,12 +180,13 @@ def _rows_under(conn: Any, seed_id: str) -> int:
     return int(found[0])
 
 
-class ForgedAfterFirstLookup:
+class ForgedAfterFirstLookup(PassThrough):
     """A separate key store that answers its first lookup truly, then with the session's
     seed id over another sealed seed: a row put back under the same id with other content."""
 
     def __init__(self, inner: Any, forged: str) -> None:
-        self.inner, self.forged, self.lookups = inner, forged, 0
+        super().__init__(inner)
+        self.forged, self.lookups = forged, 0
 
     async def get_seed(self, session_id: str) -> Any:
         found = await self.inner.get_seed(session_id)
@@ -192,18 +194,6 @@ class ForgedAfterFirstLookup:
         if self.lookups > 1 and found is not None:
             return StoredSeed(found.seed_id, found.kid, self.forged)
         return found
-
-    async def put_seed(self, session_id: str, seed: Any) -> Any:
-        return await self.inner.put_seed(session_id, seed)
-
-    async def replace_seed(self, session_id: str, seed: Any) -> None:
-        await self.inner.replace_seed(session_id, seed)
-
-    async def destroy_seed(self, session_id: str) -> Any:
-        return await self.inner.destroy_seed(session_id)
-
-    async def seed_session_ids(self) -> list[str]:
-        return await self.inner.seed_session_ids()
 
 
 async def test_an_append_is_taken_back_when_its_seed_row_changes_content_under_the_same_id(
